@@ -1,0 +1,1 @@
+"""Read-only questions about a graph (parameters, MACs). Never mutates the graph."""

@@ -1,0 +1,178 @@
+"""The `nlc` command line: parse arguments, call the library, render with rich."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nlc import __version__
+from nlc.errors import NlcError
+
+app = typer.Typer(
+    name="nlc",
+    help="nlc, the NeuralLayers compiler: describe a network once in a spec, get a standalone "
+    "PyTorch package, its IR and its cost.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+SpecArg = Annotated[Path, typer.Argument(help="Spec file (.yaml).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a spec param: --set width=64 (repeatable).", show_default=False
+    ),
+]
+
+
+def _run(fn):
+    """Call `fn`; report user errors in one paragraph, exit 2, no traceback."""
+    try:
+        return fn()
+    except NlcError as e:
+        err.print(e.render(), markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"nlc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Commands take a spec file; run `nlc COMMAND --help` for details."""
+
+
+def _load(spec: Path, overrides: list[str] | None):
+    from nlc.api import load
+    from nlc.frontend.load import parse_overrides
+
+    return load(spec, parse_overrides(overrides or []))
+
+
+@app.command()
+def build(
+    spec: SpecArg,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="Output folder (default: build/<name>).", show_default=False
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compile SPEC into a pip-installable PyTorch package."""
+
+    def go():
+        from nlc.emit import write_package
+
+        loaded, graph = _load(spec, set_)
+        path = write_package(graph, loaded, output or Path("build") / graph.name)
+        out.print(f"built [bold]{graph.name}[/] ({graph.num_params():,} parameters) -> {path}")
+
+    _run(go)
+
+
+@app.command()
+def check(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    dim: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dim",
+            help="Size of a symbolic dim for MACs: --dim T=1024 (default 1).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Validate SPEC, infer shapes, and print a per-layer table with totals."""
+
+    def go():
+        from nlc.analysis.counts import node_counts
+        from nlc.frontend.load import parse_overrides
+
+        _, graph = _load(spec, set_)
+        sizes = {s: 1 for s in graph.meta["symbols"]}
+        for key, value in parse_overrides(dim or []).items():
+            if key not in sizes or not isinstance(value, int) or value < 1:
+                known = ", ".join(sizes) or "none"
+                raise NlcError(
+                    f"--dim {key}={value}: not a symbolic dim of the spec or not a positive int "
+                    f"(dims: {known})"
+                )
+            sizes[key] = value
+        rows = node_counts(graph, sizes)
+        at = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        table = Table(title=f"{graph.name}" + (f"  (MACs at {at})" if at else ""))
+        for col, justify in (
+            ("node", "left"),
+            ("op", "left"),
+            ("output", "left"),
+            ("params", "right"),
+            ("MACs", "right"),
+        ):
+            table.add_column(col, justify=justify)
+        for r in rows:
+            table.add_row(
+                r.node.name,
+                r.node.op,
+                ", ".join(map(str, r.node.outputs)),
+                f"{r.params:,}",
+                f"{r.macs:,}",
+            )
+        total_macs = sum(r.macs for r in rows)
+        table.add_section()
+        table.add_row("total", "", "", f"{graph.num_params():,}", f"{total_macs:,}")
+        out.print(table)
+        out.print(
+            f"ok: {len(rows)} nodes, {graph.num_params():,} parameters, "
+            f"{total_macs / 1e9:.3f} GMACs"
+        )
+
+    _run(go)
+
+
+@app.command()
+def ir(spec: SpecArg, set_: SetOpt = None) -> None:
+    """Print the IR of SPEC, one line per node."""
+
+    def go():
+        from nlc.ir.printer import format_graph
+
+        _, graph = _load(spec, set_)
+        sys.stdout.write(format_graph(graph))
+
+    _run(go)
+
+
+@app.command()
+def ops() -> None:
+    """List the ops a spec can use, with their attributes."""
+    from nlc.ops import REGISTRY
+
+    table = Table(title="ops")
+    table.add_column("op")
+    table.add_column("attributes")
+    table.add_column("description")
+    for name in sorted(REGISTRY):
+        op = REGISTRY[name]
+        attrs = ", ".join(
+            k if f.is_required() else f"{k}={f.default!r}" for k, f in op.Attrs.model_fields.items()
+        )
+        table.add_row(name, attrs, op.doc)
+    out.print(table)

@@ -1,0 +1,107 @@
+"""Write the generated package: pyproject, model and layers modules, resolved spec, build.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from nlc import __version__
+from nlc.emit.pytorch import emit
+from nlc.emit.render import format_python, render
+from nlc.errors import NlcError
+from nlc.frontend.load import Spec
+from nlc.ir import Graph
+from nlc.resources import data_dir
+
+
+def package_files(graph: Graph, spec: Spec) -> dict[str, str]:
+    """Relative path -> text of every file of the package (deterministic)."""
+    name = graph.name
+    emission = emit(graph)
+    ctx = {"name": name, "version": __version__, "spec_file": spec.path.name}
+    model = render(
+        "package/model.py.j2",
+        classes=emission.classes,
+        layers=emission.layers,
+        functional=emission.needs_functional,
+        **ctx,
+    )
+    spec_text = yaml.safe_dump(spec.data, sort_keys=False, allow_unicode=True)
+    info = {
+        "nlc_version": __version__,
+        "spec_sha256": hashlib.sha256(spec_text.encode()).hexdigest(),
+        "parameters": graph.num_params(),
+        "inputs": [
+            {"name": n.name, "shape": _shape(n.type), "dtype": n.type.dtype} for n in graph.inputs
+        ],
+        "outputs": [
+            {"name": k, "shape": _shape(graph.type_of(v)), "dtype": graph.type_of(v).dtype}
+            for k, v in graph.outputs.items()
+        ],
+    }
+    return {
+        "pyproject.toml": render("package/pyproject.toml.j2", **ctx),
+        f"{name}/__init__.py": render("package/__init__.py.j2", **ctx),
+        f"{name}/model.py": format_python(model, "model.py"),
+        f"{name}/layers.py": format_python(_layers(emission.layers, ctx), "layers.py"),
+        "spec.yaml": spec_text,
+        "build.json": json.dumps(info, indent=2) + "\n",
+    }
+
+
+def _shape(t) -> list[int | str]:
+    return [d if isinstance(d, int) else str(d) for d in t.shape]
+
+
+def _layers(names: list[str], ctx: dict) -> str:
+    sources, needs = [], set()
+    for name in names:
+        head, _, body = (
+            (data_dir("templates") / "layers" / f"{name}.py").read_text().partition("\n")
+        )
+        needs |= {n.strip() for n in head.removeprefix("# needs:").split(",")}
+        sources.append(body.strip())
+    imports = ["import torch"]
+    if "F" in needs:
+        imports.append("import torch.nn.functional as F")
+    imports.append("from torch import nn")
+    return render("package/layers.py.j2", layers=sources, imports=imports, **ctx)
+
+
+def write_package(graph: Graph, spec: Spec, out_dir: str | Path) -> Path:
+    """Write the package atomically: into a temporary sibling folder, then rename into place."""
+    out = Path(out_dir)
+    files = package_files(graph, spec)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise NlcError(f"cannot create output folder {out}: {e.strerror}", None) from None
+    try:
+        for rel, text in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        if out.exists():
+            if not (out / "build.json").is_file():
+                raise NlcError(
+                    f"{out} exists and is not an nlc build; refusing to replace it",
+                    None,
+                    "choose another output folder with -o, or remove it",
+                )
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,76 @@
+"""Elementwise activations and softmax: functional, no parameters."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from nlc.ops.base import Attrs, Op, float_input, norm_axis, register
+
+
+class _Activation(Op):
+    fn: ClassVar[str]  # the functional form, applied to the input variable
+
+    def infer(self, a, ins):
+        float_input(ins[0], self.name)
+        return [ins[0]]
+
+    def call(self, a, args, mod, lit):
+        return f"{self.fn}({args[0]})"
+
+
+def _activation(op_name: str, fn: str, doc: str, needs: str = "F") -> None:
+    register(
+        type(
+            op_name.title(),
+            (_Activation,),
+            {"name": op_name, "fn": fn, "doc": doc, "needs": (needs,)},
+        )
+    )
+
+
+_activation("relu", "F.relu", "Rectified linear unit, max(x, 0).")
+_activation("relu6", "F.relu6", "ReLU clipped at 6 (MobileNet).")
+_activation("silu", "F.silu", "x * sigmoid(x), also called swish.")
+_activation("sigmoid", "torch.sigmoid", "Logistic sigmoid.", needs="torch")
+_activation("tanh", "torch.tanh", "Hyperbolic tangent.", needs="torch")
+_activation("hardswish", "F.hardswish", "Piecewise-linear swish (MobileNetV3).")
+
+
+class GeluAttrs(Attrs):
+    approximate: Literal["none", "tanh"] = "none"
+
+
+@register
+class Gelu(Op):
+    name = "gelu"
+    doc = "Gaussian error linear unit; approximate: tanh gives GPT-2's form."
+    Attrs = GeluAttrs
+    needs = ("F",)
+
+    def infer(self, a, ins):
+        float_input(ins[0], self.name)
+        return [ins[0]]
+
+    def call(self, a, args, mod, lit):
+        if a.approximate == "none":
+            return f"F.gelu({args[0]})"
+        return f"F.gelu({args[0]}, approximate={lit(a.approximate, 'approximate')})"
+
+
+class SoftmaxAttrs(Attrs):
+    dim: int = -1
+
+
+@register
+class Softmax(Op):
+    name = "softmax"
+    doc = "Softmax along `dim`."
+    Attrs = SoftmaxAttrs
+
+    def infer(self, a, ins):
+        float_input(ins[0], self.name)
+        norm_axis(a.dim, ins[0].rank, self.name)
+        return [ins[0]]
+
+    def call(self, a, args, mod, lit):
+        return f"{args[0]}.softmax(dim={lit(a.dim, 'dim')})"
