@@ -42,8 +42,8 @@ class NlcError(Exception):
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelt name, or None when nothing is close.
 
-    >>> did_you_mean("conv2", ["conv1d", "conv2d", "linear"])
-    "did you mean 'conv2d'?"
+    >>> did_you_mean("lineer", ["conv2d", "linear"])
+    "did you mean 'linear'?"
     """
     close = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
     if not close:
