@@ -11,12 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from nlc import __version__
-from nlc.errors import NlcError
+from nlc.errors import NlcError, did_you_mean
 
 app = typer.Typer(
     name="nlc",
-    help="nlc, the NeuralLayers compiler: describe a network once in a spec, get a standalone "
-    "PyTorch package, its IR and its cost.",
+    help="nlc, the NeuralLayers compiler: describe a network once in a YAML spec, then check its "
+    "shapes and cost, print its IR, or build a standalone PyTorch package from it.",
+    epilog="Try: nlc check examples/cnn_digits.yaml, then nlc build examples/cnn_digits.yaml "
+    "-o build/cnn_digits. Run nlc COMMAND --help for the options of a command.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -24,11 +26,16 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-SpecArg = Annotated[Path, typer.Argument(help="Spec file (.yaml).", show_default=False)]
+SpecArg = Annotated[
+    Path, typer.Argument(metavar="SPEC", help="Spec file (.yaml).", show_default=False)
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--set", help="Override a spec param: --set width=64 (repeatable).", show_default=False
+        "--set",
+        metavar="PARAM=VALUE",
+        help="Override a param of the spec's `params:`, e.g. --set width=64 (repeatable).",
+        show_default=False,
     ),
 ]
 
@@ -38,8 +45,14 @@ def _run(fn):
     try:
         return fn()
     except NlcError as e:
-        err.print(e.render(), markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(e)
+    except OSError as e:  # the file system refused (permissions, disk full): not a bug of nlc
+        _fail(NlcError(f"{e.strerror}: {e.filename}", None, "check the path and its permissions"))
+
+
+def _fail(e: NlcError):
+    err.print(e.render(), markup=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 def _version(value: bool) -> None:
@@ -64,13 +77,41 @@ def _load(spec: Path, overrides: list[str] | None):
     return load(spec, parse_overrides(overrides or []))
 
 
+def _dim_sizes(spec, graph, items: list[str]) -> dict[str, int]:
+    """Sizes of the symbolic dims for MAC counts: 1, or what `--dim` says."""
+    from nlc.frontend.load import parse_overrides
+
+    sizes = {s: 1 for s in graph.meta["symbols"]}
+    for key, value in parse_overrides(items, "--dim").items():
+        if key not in sizes:
+            raise NlcError(
+                f"--dim {key}={value}: the spec has no symbolic dim {key!r} "
+                f"(its symbolic dims: {', '.join(sizes) or 'none'})",
+                spec.ast.key_at("inputs"),
+                did_you_mean(key, sizes)
+                or "symbolic dims are the names in input shapes, e.g. B in [B, 3, 32, 32]",
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NlcError(
+                f"--dim {key}={value}: the size must be a positive integer",
+                None,
+                f"e.g. --dim {key}=128",
+            )
+        sizes[key] = value
+    return sizes
+
+
 @app.command()
 def build(
     spec: SpecArg,
     output: Annotated[
         Path | None,
         typer.Option(
-            "-o", "--output", help="Output folder (default: build/<name>).", show_default=False
+            "-o",
+            "--output",
+            metavar="DIR",
+            help="Output folder (default: build/<name>); a previous build there is replaced.",
+            show_default=False,
         ),
     ] = None,
     set_: SetOpt = None,
@@ -95,7 +136,8 @@ def check(
         list[str] | None,
         typer.Option(
             "--dim",
-            help="Size of a symbolic dim for MACs: --dim T=1024 (default 1).",
+            metavar="DIM=SIZE",
+            help="Size of a symbolic input dim for the MAC counts, e.g. --dim T=1024 (default 1).",
             show_default=False,
         ),
     ] = None,
@@ -104,18 +146,9 @@ def check(
 
     def go():
         from nlc.analysis.counts import node_counts
-        from nlc.frontend.load import parse_overrides
 
-        _, graph = _load(spec, set_)
-        sizes = {s: 1 for s in graph.meta["symbols"]}
-        for key, value in parse_overrides(dim or []).items():
-            if key not in sizes or not isinstance(value, int) or value < 1:
-                known = ", ".join(sizes) or "none"
-                raise NlcError(
-                    f"--dim {key}={value}: not a symbolic dim of the spec or not a positive int "
-                    f"(dims: {known})"
-                )
-            sizes[key] = value
+        loaded, graph = _load(spec, set_)
+        sizes = _dim_sizes(loaded, graph, dim or [])
         rows = node_counts(graph, sizes)
         at = ", ".join(f"{k}={v}" for k, v in sizes.items())
         table = Table(title=f"{graph.name}" + (f"  (MACs at {at})" if at else ""))

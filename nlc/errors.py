@@ -29,14 +29,20 @@ class NlcError(Exception):
         self.hint = hint
 
     def render(self) -> str:
+        """`file:line:col: error: message` and an indented hint line; one paragraph even if a
+        message quotes text with line breaks."""
         where = f"{self.loc}: " if self.loc else ""
-        text = f"{where}error: {self.message}"
+        text = f"{where}error: {_one_line(self.message)}"
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {_one_line(self.hint)}"
         return text
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -49,3 +55,17 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def mention(what: str, loc: SourceLoc | None, here: SourceLoc | None) -> str:
+    """` (what <loc>)` for a message reported at `here`, naming the file only if it differs;
+    empty when `loc` is unknown.
+
+    >>> mention("first at", SourceLoc("a.yaml", 7, 3), SourceLoc("a.yaml", 9, 5))
+    ' (first at line 7, column 3)'
+    """
+    if loc is None:
+        return ""
+    if here is not None and here.file == loc.file:
+        return f" ({what} line {loc.line}, column {loc.col})"
+    return f" ({what} {loc})"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from nlc.errors import SourceLoc
+from nlc.frontend.yaml_source import Path_, Positions
 
 Scalar = int | float | bool | str
 DType = Literal["f32", "f16", "bf16", "f64", "i64", "i32", "bool"]
@@ -15,15 +16,47 @@ RESERVED_NODE_KEYS = ("op", "name", "in", "repeat")
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    _loc: SourceLoc | None = PrivateAttr(default=None)
+    noun: ClassVar[str]  # what messages call the item, and an example of one
+    example: ClassVar[str] = ""
+    # Where the item sits in its source file; set by the loader, absent for ASTs built in code.
+    _pos: Positions | None = PrivateAttr(default=None)
+    _path: Path_ = PrivateAttr(default=())
+
+    def place(self, pos: Positions, path: Path_ = ()) -> None:
+        """Record the positions of this item and of every item inside it."""
+        self._pos, self._path = pos, path
+        for name, field in type(self).model_fields.items():
+            _place(getattr(self, name), pos, (*path, field.alias or name))
 
     @property
     def loc(self) -> SourceLoc | None:
-        return self._loc
+        """The item's name where it has one (`blocks: {mlp: ...}`), else its value."""
+        return self._pos.key(self._path) if self._pos else None
+
+    def at(self, *sub: str | int) -> SourceLoc | None:
+        """Position of the value at `sub` inside this item (the nearest enclosing one if absent)."""
+        return self._pos.value((*self._path, *sub)) if self._pos else None
+
+    def key_at(self, *sub: str | int) -> SourceLoc | None:
+        """Position of the key `sub` inside this item, for errors about the key itself."""
+        return self._pos.key((*self._path, *sub)) if self._pos else None
+
+
+def _place(value: Any, pos: Positions, path: Path_) -> None:
+    if isinstance(value, _Spec):
+        value.place(pos, path)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _place(v, pos, (*path, i))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _place(v, pos, (*path, k))
 
 
 class TensorSpec(_Spec):
     """A model or block input: shape with ints, symbolic dims (`B`, `T`) or `${expr}`."""
+
+    noun, example = "input", "{shape: [B, 3, 32, 32], dtype: f32}"
 
     shape: list[int | str]
     dtype: DType = "f32"
@@ -31,6 +64,8 @@ class TensorSpec(_Spec):
 
 class ParamDecl(_Spec):
     """A block parameter: a type, a default, or both (`c: int`, `stride: 1`)."""
+
+    noun, example = "param declaration", "`c: int`, or a default such as `stride: 1`"
 
     type: Literal["int", "float", "bool", "str"] | None = None
     default: Scalar | None = None
@@ -45,15 +80,31 @@ class ParamDecl(_Spec):
         return data
 
 
+_PARAM_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def fits(value: Any, type_name: str | None) -> bool:
+    """Whether `value` suits a param of that type (ints pass as floats, bools never as numbers).
+
+    >>> fits(3, "float"), fits(True, "int"), fits("a", None)
+    (True, False, True)
+    """
+    if type_name not in _PARAM_TYPES:
+        return True
+    ok = isinstance(value, _PARAM_TYPES[type_name])
+    return ok and (type_name == "bool" or not isinstance(value, bool))
+
+
 class NodeSpec(_Spec):
     """One graph item: `op` with attributes inline, or a bare op name such as `relu`."""
+
+    noun, example = "graph item", "{op: linear, out: 64}, or an op name such as relu"
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     op: str
     name: str | None = None
     inputs: list[str] | None = Field(default=None, alias="in")
     repeat: int | str | None = None
-    _attr_locs: dict[str, SourceLoc] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -68,22 +119,22 @@ class NodeSpec(_Spec):
     def attrs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    def attr_loc(self, key: str) -> SourceLoc | None:
-        return self._attr_locs.get(key, self._loc)
-
 
 class BlockSpec(_Spec):
     """A reusable, parameterised sub-graph, called like an op."""
+
+    noun, example = "block", "{params: {c: int}, graph: [...]}"
 
     params: dict[str, ParamDecl] = {}
     inputs: list[str] = ["x"]
     graph: list[NodeSpec]
     outputs: list[str] | None = None
-    _file: str = PrivateAttr(default="")
 
 
 class ModelSpec(_Spec):
     """A spec file, version 1."""
+
+    noun = "spec"
 
     nlc: Literal[1]
     name: str
@@ -97,6 +148,8 @@ class ModelSpec(_Spec):
 
 class IncludeSpec(_Spec):
     """An included file: shared blocks (and further includes) only."""
+
+    noun = "included spec"
 
     nlc: Literal[1]
     include: list[str] = []

@@ -37,6 +37,11 @@ _COMPARE = {
     ast.GtE: operator.ge,
 }
 _FUNCS = {"min": min, "max": max, "int": int, "float": float, "round": round, "abs": abs}
+_SYNTAX = (
+    "expressions are Python-style arithmetic over params: numbers, names, + - * / // % **, "
+    "comparisons, and/or/not, `a if cond else b`, min/max/int/float/round/abs; "
+    "e.g. ${width * 2}, ${dim // heads}"
+)
 
 
 class ExprError(Exception):
@@ -50,11 +55,19 @@ def is_expr(value: Any) -> bool:
 
 
 def evaluate(text: str, env: dict[str, Any]) -> Any:
+    """Value of the expression `text` (no `${}`) over `env`; raises ExprError."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExprError(f"bad expression {text.strip()!r}: {e.msg}") from None
-    return _eval(tree.body, env)
+        raise ExprError(f"bad expression: {e.msg}", _SYNTAX) from None
+    try:
+        return _eval(tree.body, env)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ExprError(
+            f"cannot evaluate: {e}", "check the types and values of the params"
+        ) from None
+    except RecursionError:
+        raise ExprError("the expression is nested too deeply", "simplify it") from None
 
 
 def _eval(node: ast.AST, env: dict[str, Any]) -> Any:
@@ -65,18 +78,30 @@ def _eval(node: ast.AST, env: dict[str, Any]) -> Any:
             if name in ("true", "false"):
                 return name == "true"
             if name not in env:
-                raise ExprError(f"undefined name {name!r} in expression", did_you_mean(name, env))
+                known = ", ".join(env) or "none"
+                raise ExprError(
+                    f"undefined name {name!r}",
+                    did_you_mean(name, env) or f"the params defined here: {known}",
+                )
             return env[name]
         case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY:
             a, b = _eval(left, env), _eval(right, env)
             if isinstance(op, ast.Pow) and isinstance(b, (int, float)) and abs(b) > 64:
-                raise ExprError(f"exponent {b} is too large")
+                raise ExprError(f"exponent {b} is too large", "exponents go up to 64")
+            if not isinstance(op, ast.Add) and not all(isinstance(v, (int, float)) for v in (a, b)):
+                # Also keeps `"x" * 10**9` from building a huge string.
+                raise ExprError(
+                    f"{ast.unparse(node)!r} needs numbers, got {a!r} and {b!r}",
+                    "only + joins text or lists; check the params it uses",
+                )
             try:
                 return _BINARY[type(op)](a, b)
             except ZeroDivisionError:
-                raise ExprError("division by zero in expression") from None
-            except TypeError:
-                raise ExprError(f"cannot apply {type(op).__name__} to {a!r} and {b!r}") from None
+                culprit = ast.unparse(right)
+                hint = f"{culprit!r} is 0 here; check the params it uses"
+                if isinstance(right, ast.Constant):
+                    hint = "divide by a number other than 0"
+                raise ExprError("division by zero", hint) from None
         case ast.UnaryOp(op=ast.USub(), operand=x):
             return -_eval(x, env)
         case ast.UnaryOp(op=ast.UAdd(), operand=x):
@@ -99,17 +124,10 @@ def _eval(node: ast.AST, env: dict[str, Any]) -> Any:
         case ast.IfExp(test=test, body=body, orelse=orelse):
             return _eval(body, env) if _eval(test, env) else _eval(orelse, env)
         case ast.Call(func=ast.Name(id=fn), args=args, keywords=[]) if fn in _FUNCS:
-            try:
-                return _FUNCS[fn](*(_eval(a, env) for a in args))
-            except (TypeError, ValueError) as e:
-                raise ExprError(f"{fn}(): {e}") from None
+            return _FUNCS[fn](*(_eval(a, env) for a in args))
         case ast.List(elts=elts) | ast.Tuple(elts=elts):
             return [_eval(e, env) for e in elts]
-    raise ExprError(
-        f"unsupported syntax in expression: {ast.unparse(node)!r}",
-        "expressions allow numbers, params, + - * / // % **, comparisons, and/or/not, "
-        "`a if cond else b`, and min/max/int/float/round/abs",
-    )
+    raise ExprError(f"unsupported syntax {ast.unparse(node)!r}", _SYNTAX)
 
 
 def resolve(value: Any, env: dict[str, Any], loc: SourceLoc | None = None) -> Any:
@@ -121,7 +139,7 @@ def resolve(value: Any, env: dict[str, Any], loc: SourceLoc | None = None) -> An
         try:
             return evaluate(m.group(1), env)
         except ExprError as e:
-            raise NlcError(e.message, loc, e.hint) from None
+            raise NlcError(f"in {value.strip()}: {e.message}", loc, e.hint) from None
     if isinstance(value, list):
         return [resolve(v, env, loc) for v in value]
     if isinstance(value, dict):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from nlc.errors import NlcError, SourceLoc, did_you_mean
-from nlc.frontend.ast import BlockSpec, IncludeSpec, ModelSpec, NodeSpec
+from nlc.errors import NlcError, did_you_mean
+from nlc.frontend.ast import BlockSpec, IncludeSpec, ModelSpec, fits
+from nlc.frontend.expr import is_expr
 from nlc.frontend.yaml_source import Positions, load_yaml
 
 
@@ -27,12 +30,11 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     path = Path(path)
     data, pos = load_yaml(path, str(path))
     spec = _validate(ModelSpec, data, pos)
-    _attach(spec, pos)
     blocks = dict(spec.blocks)
-    _merge_includes(spec.include, path, pos, ("include",), [path.resolve()], blocks)
+    _merge_includes(spec, path, [(path.resolve(), str(path))], set(), blocks)
     spec.blocks = blocks
     if overrides:
-        spec.params = _apply_overrides(spec.params, overrides)
+        spec.params = _apply_overrides(spec, overrides)
     resolved = dict(data)
     resolved.pop("include", None)
     resolved["params"] = dict(spec.params)
@@ -50,8 +52,8 @@ def _dump_nodes(nodes: list[dict[str, Any]]) -> list[Any]:
     return [n["op"] if list(n) == ["op"] else n for n in nodes]
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["width=64", "act=gelu"]` to typed values (YAML scalars).
+def parse_overrides(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """`["width=64", "act=gelu"]` to typed values (YAML scalars); `option` names them in errors.
 
     >>> parse_overrides(["width=64", "p=0.1", "bias=false"])
     {'width': 64, 'p': 0.1, 'bias': False}
@@ -61,136 +63,225 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise NlcError(
-                f"--set {item!r} is not of the form key=value", None, "e.g. --set width=64"
+                f"{option} {item!r} is not of the form name=value", None, f"e.g. {option} width=64"
             )
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         if not isinstance(value, (int, float, bool, str)):
-            raise NlcError(f"--set {item!r}: the value must be a number, true/false or text", None)
+            raise NlcError(
+                f"{option} {item!r}: the value must be a number, true/false or text",
+                None,
+                f"e.g. {option} {key.strip()}=64",
+            )
         out[key.strip()] = value
     return out
 
 
-def _apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    params = dict(params)
+def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The spec's params with `--set` values; errors point at the spec's `params:`."""
     for key, value in overrides.items():
-        if key not in params:
-            known = ", ".join(sorted(params)) or "none"
+        if key not in spec.params:
+            known = ", ".join(spec.params) or "none"
             raise NlcError(
-                f"--set {key}: the spec has no param {key!r} (params: {known})",
-                None,
-                did_you_mean(key, params) or "add it under `params:` in the spec first",
+                f"--set {key}={value}: the spec has no param {key!r} (its params: {known})",
+                spec.key_at("params"),
+                did_you_mean(key, spec.params) or "declare it under `params:` in the spec first",
             )
-        params[key] = value
-    return params
+        default = spec.params[key]
+        if not is_expr(default) and not fits(value, type(default).__name__):
+            raise NlcError(
+                f"--set {key}={value}: param {key!r} is {_KINDS[type(default)]} "
+                f"({key}: {default}), got {value!r}",
+                spec.at("params", key),
+                f"e.g. --set {key}={default}",
+            )
+    return {**spec.params, **overrides}
+
+
+_KINDS = {int: "an int", float: "a float", bool: "true or false", str: "text"}
 
 
 def _validate(model: type[BaseModel], data: Any, pos: Positions):
+    """Validate a loaded document against `model` and give its items their positions."""
     if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
         raise NlcError(
-            "a spec must be a mapping with keys such as nlc, name, inputs and graph",
-            SourceLoc(pos.file, 1, 1),
-            "start the file with `nlc: 1`",
+            f"the spec file is {what}",
+            pos.value(()),
+            "a spec is a mapping with keys nlc, name, inputs and graph; start it with `nlc: 1`",
         )
     try:
-        return model.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as e:
-        raise _explain(e.errors()[0], model, data, pos) from None
+        # A misspelt key also makes the right one missing; the unknown key is the real cause.
+        err = min(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+        raise _explain(err, model, data, pos) from None
+    spec.place(pos)
+    return spec
 
 
 def _explain(err: dict, model: type[BaseModel], data: Any, pos: Positions) -> NlcError:
     # Pydantic's path includes union-branch tags; keep only the steps present in the data.
     path: list[str | int] = []
-    node = data
+    value = data
     for step in err["loc"]:
-        if (
-            isinstance(node, dict)
-            and step in node
-            or isinstance(node, list)
-            and (isinstance(step, int) and step < len(node))
-        ):
+        if isinstance(value, dict) and step in value or _is_index(value, step):
             path.append(step)
-            node = node[step]
-    where = ".".join(str(p) for p in path) or "the top level"
+            value = value[step]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     kind = err["type"]
-    last = err["loc"][-1] if err["loc"] else ""
+    key = str(err["loc"][-1]) if err["loc"] else ""
     if kind == "extra_forbidden":
-        fields = _fields_at(model, path[:-1])
-        return NlcError(
-            f"unknown key {last!r}",
-            pos.key(tuple(path)),
-            did_you_mean(str(last), fields) or f"allowed keys here: {', '.join(fields)}",
-        )
+        return _unknown_key(key, model, path, pos)
     if kind == "missing":
-        return NlcError(f"missing required key {last!r} in {where}", pos.value(tuple(path)))
+        return NlcError(
+            f"missing key {key!r}" + (f" in {where}" if where else ""),
+            pos.value(tuple(path)),
+            _MISSING_HINTS.get(key, f"add `{key}: ...`"),
+        )
     if kind == "literal_error" and path == ["nlc"]:
         return NlcError(
-            f"unsupported spec version {data.get('nlc')!r}", pos.value(("nlc",)), "use `nlc: 1`"
+            f"unsupported spec version {value!r}", pos.value(("nlc",)), "this nlc reads `nlc: 1`"
         )
-    return NlcError(f"{where}: {err['msg']} (got {node!r})", pos.value(tuple(path)))
+    expected = _annotation_at(model, path)
+    hint = did_you_mean(str(value), get_args(expected)) if kind == "literal_error" else None
+    msg = "must be a mapping" if kind == "model_type" else plain_message(err["msg"])
+    return NlcError(
+        f"{where or 'the spec'} {msg}, got {value!r}",
+        pos.value(tuple(path)),
+        hint or (f"`{path[-1]}` takes {describe_type(expected)}" if expected and path else None),
+    )
 
 
-def _fields_at(model: type[BaseModel], path: list[str | int]) -> list[str]:
-    """Allowed keys of the model found by walking `path` (used for 'did you mean')."""
-    by_section = {"inputs": ["shape", "dtype"], "blocks": list(BlockSpec.model_fields)}
-    if len(path) >= 2 and path[0] in by_section and len(path) == 2:
-        return by_section[path[0]]
-    if len(path) == 4 and path[0] == "blocks" and path[2] == "params":
-        return ["type", "default"]
-    return list(model.model_fields)
+_MISSING_HINTS = {
+    "nlc": "start the file with `nlc: 1` (the spec format version)",
+    "name": "add `name: my_model` (it names the generated package)",
+    "inputs": "add e.g. `inputs: {x: {shape: [B, 3, 32, 32]}}`",
+    "graph": "add `graph:` with a list of ops, e.g. `graph: [{op: linear, out: 10}]`",
+    "shape": "add e.g. `shape: [B, 3, 32, 32]` (ints, or names for symbolic dims)",
+    "op": "each graph item names its op, e.g. `{op: linear, out: 64}` or just `relu`",
+}
 
 
-def _attach(spec: ModelSpec | IncludeSpec, pos: Positions) -> None:
-    """Give every AST item its source position."""
-    spec._loc = pos.value(())
-    if isinstance(spec, ModelSpec):
-        for name, t in spec.inputs.items():
-            t._loc = pos.value(("inputs", name))
-        _attach_nodes(spec.graph, ("graph",), pos)
-    for name, block in spec.blocks.items():
-        block._loc = pos.key(("blocks", name))
-        block._file = pos.file
-        for pname, decl in block.params.items():
-            decl._loc = pos.value(("blocks", name, "params", pname))
-        _attach_nodes(block.graph, ("blocks", name, "graph"), pos)
+def _is_index(value: Any, step: Any) -> bool:
+    return isinstance(value, list) and isinstance(step, int) and step < len(value)
 
 
-def _attach_nodes(nodes: list[NodeSpec], path: tuple, pos: Positions) -> None:
-    for i, node in enumerate(nodes):
-        node._loc = pos.value((*path, i))
-        node._attr_locs = {k: pos.value((*path, i, k)) for k in node.model_extra or {}}
-        for key in ("op", "in", "repeat", "name"):
-            node._attr_locs[key] = pos.value((*path, i, key))
+def _unknown_key(key: str, model: type[BaseModel], path: list, pos: Positions) -> NlcError:
+    owner = _annotation_at(model, path[:-1])
+    fields = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
+    hint = did_you_mean(key, fields) or f"allowed keys here: {', '.join(fields)}"
+    if model is IncludeSpec and not path[:-1] and key in ModelSpec.model_fields:
+        hint = f"an included file holds only `blocks:` (and `include:`); move {key!r} elsewhere"
+    return NlcError(f"unknown key {key!r}", pos.key(tuple(path)), hint)
+
+
+def _annotation_at(model: Any, path: list[str | int]) -> Any:
+    """The type the spec format expects at `path` (a model, a Literal, ...), or None."""
+    ann = model
+    for step in path:
+        ann = _drop_none(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            fields = {f.alias or n: f for n, f in ann.model_fields.items()}
+            if step not in fields:
+                return None
+            ann = fields[step].annotation
+        elif get_origin(ann) in (list, dict):
+            ann = get_args(ann)[-1]
+        else:
+            return None
+    return _drop_none(ann)
+
+
+def _drop_none(ann: Any) -> Any:
+    if get_origin(ann) in (Union, UnionType):
+        args = [a for a in get_args(ann) if a is not type(None)]
+        return args[0] if len(args) == 1 else ann
+    return ann
+
+
+def plain_message(msg: str) -> str:
+    """Pydantic's message as the tail of a sentence ('must be a valid integer').
+
+    >>> plain_message("Input should be greater than 0")
+    'must be greater than 0'
+    """
+    return msg.removeprefix("Value error, ").replace("Input should be", "must be")
+
+
+def describe_type(ann: Any, constraints: Any = ()) -> str:
+    """A field type in words, for hints: `int > 0`, `int or a list of int`, `'same' or 'valid'`.
+
+    >>> describe_type(int | list[int])
+    'int or a list of int'
+    """
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        text = " or ".join(map(repr, args))
+    elif origin in (Union, UnionType):
+        text = " or ".join(describe_type(a) for a in args if a is not type(None))
+    elif origin in (list, tuple):
+        text = f"a list of {_plural(args[0])}"
+    elif origin is dict:
+        text = f"a mapping of names to {_plural(args[1])}"
+    elif hasattr(ann, "noun"):
+        article = "an" if ann.noun[0] in "aeiou" else "a"
+        text = f"{article} {ann.noun}" + (f" ({ann.example})" if ann.example else "")
+    else:
+        text = getattr(ann, "__name__", str(ann))
+    bounds = [
+        f"{sign} {getattr(c, attr)}"
+        for c in constraints
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+        if getattr(c, attr, None) is not None
+    ]
+    return " ".join([text, *bounds]) if bounds else text
+
+
+def _plural(ann: Any) -> str:
+    if hasattr(ann, "noun"):
+        return f"{ann.noun}s" + (f" ({ann.example})" if ann.example else "")
+    return describe_type(ann)
 
 
 def _merge_includes(
-    includes: list[str],
-    base: Path,
-    pos: Positions,
-    path: tuple,
-    stack: list[Path],
+    owner: ModelSpec | IncludeSpec,
+    file: Path,
+    chain: list[tuple[Path, str]],
+    seen: set[Path],
     blocks: dict[str, BlockSpec],
 ) -> None:
-    for i, rel in enumerate(includes):
-        loc = pos.value((*path, i))
-        target = (base.parent / rel).resolve()
-        if target in stack:
-            cycle = " -> ".join(p.name for p in [*stack[stack.index(target) :], target])
-            raise NlcError(f"include cycle: {cycle}", loc, "remove one of these includes")
+    """Add the blocks of `owner`'s includes (recursively); a file reached twice is read once."""
+    for i, rel in enumerate(owner.include):
+        loc = owner.at("include", i)
+        target = (file.parent / rel).resolve()
+        display = os.path.normpath(file.parent / rel)
+        files = [resolved for resolved, _ in chain]
+        if target in files:
+            cycle = " -> ".join([*(shown for _, shown in chain), display])
+            raise NlcError(
+                f"include cycle: {cycle}", loc, "remove one of these includes to break the cycle"
+            )
+        if target in seen:
+            continue
         if not target.is_file():
-            raise NlcError(f"included file {rel!r} does not exist", loc, f"looked for {target}")
-        display = str(base.parent / rel)
-        data, inc_pos = load_yaml(target, display)
-        inc = _validate(IncludeSpec, data, inc_pos)
-        _attach(inc, inc_pos)
+            raise NlcError(
+                f"included file {rel!r} {'is a folder' if target.is_dir() else 'does not exist'}",
+                loc,
+                f"include paths are relative to the including file: looked for {display}",
+            )
+        seen.add(target)
+        data, pos = load_yaml(target, display)
+        inc = _validate(IncludeSpec, data, pos)
         for name, block in inc.blocks.items():
             if name in blocks:
                 raise NlcError(
-                    f"block {name!r} from {display} is already defined",
+                    f"block {name!r} (included from {loc}) is already defined at "
+                    f"{blocks[name].loc}",
                     block.loc,
-                    f"the other definition is at {blocks[name].loc}; rename one of them",
+                    "rename one of the two blocks",
                 )
             blocks[name] = block
-        _merge_includes(inc.include, target, inc_pos, ("include",), [*stack, target], blocks)
+        _merge_includes(inc, Path(display), [*chain, (target, display)], seen, blocks)
