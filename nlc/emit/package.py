@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -74,8 +75,17 @@ def _layers(names: list[str], ctx: dict) -> str:
     return render("package/layers.py.j2", layers=sources, imports=imports, **ctx)
 
 
-def write_package(graph: Graph, spec: Spec, out_dir: str | Path) -> Path:
-    """Write the package atomically: into a temporary sibling folder, then rename into place."""
+def write_package(
+    graph: Graph,
+    spec: Spec,
+    out_dir: str | Path,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the package atomically: into a temporary sibling folder, then rename into place.
+
+    `finish(tmp_dir)` adds artifacts that need the written package (ONNX, reports); if it raises,
+    nothing is left behind and a previous build at `out_dir` stays as it was.
+    """
     out = Path(out_dir)
     files = package_files(graph, spec)
     try:
@@ -88,6 +98,8 @@ def write_package(graph: Graph, spec: Spec, out_dir: str | Path) -> Path:
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
+        if finish is not None:
+            finish(tmp)
         if out.exists():
             if not (out / "build.json").is_file():
                 raise NlcError(

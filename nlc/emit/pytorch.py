@@ -8,6 +8,7 @@ where the values match), so `layer2`'s blocks reuse `layer1`'s class with other 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from nlc.ops.base import Op
 _HOLE = re.compile(r"\x00(\d+)\x00")
 _OPTIONAL = re.compile(r"\x01, \w+=\x00(\d+)\x00\x01")
 _LAYER_CLASSES = frozenset(op.layer for op in REGISTRY.values() if op.layer)
+# Builtins that constructor bodies call: an argument of that name would shadow them.
+_INIT_BUILTINS = frozenset({"super", "range", "float"})
 
 
 @dataclass
@@ -85,7 +88,8 @@ class _Emitter:
         # instance path -> (class name, constructor keyword arguments)
         self.ctor: dict[str, tuple[str, dict[str, Any]]] = {}
         self.classes: list[ClassDef] = []
-        self.taken_names = {"Model"}
+        # Module-level names of model.py a block class must not shadow.
+        self.taken_names = {"Model", "F", *_LAYER_CLASSES}
 
     def run(self) -> Emission:
         root = build_tree(self.graph)
@@ -128,10 +132,13 @@ class _Emitter:
             if len(explicit) < len(variants):
                 variants = explicit
         base = camel(block)
-        if base in self.taken_names or base in _LAYER_CLASSES:
+        if base in self.taken_names:
             base += "Block"
-        for n, members in enumerate(variants.values()):
-            name = base if n == 0 else f"{base}{n + 1}"
+        for members in variants.values():
+            name, n = base, 1
+            while name in self.taken_names:
+                n += 1
+                name = f"{base}{n}"
             self.taken_names.add(name)
             self._emit_class(name, block, members)
 
@@ -154,9 +161,12 @@ class _Emitter:
                 continue
             key = repr(col)
             if key not in by_column:
-                match = next((p for p in params[0] if _matches(params, p, col)), None)
+                match = next(
+                    (p for p in params[0] if p not in _INIT_BUILTINS and _matches(params, p, col)),
+                    None,
+                )
                 if match is None:
-                    taken = {a for a, _ in args} | set(params[0])
+                    taken = {a for a, _ in args} | set(params[0]) | _INIT_BUILTINS
                     prefixed = first.lits[i][1]
                     bare = prefixed.rsplit(".", 1)[-1]
                     match = bare if bare not in taken else prefixed.replace(".", "_")
@@ -198,12 +208,14 @@ class _Emitter:
         def lit(prefix: str) -> _Recorder:
             return _Recorder(body, prefix, explicit)
 
-        steps = [self._step(item, lit) for item in inst.items]
+        inputs = [name for name, _ in inst.inputs]
+        steps = [self._step(item, lit, inputs) for item in inst.items]
         outputs = inst.outputs if inst.frame else list(self.graph.outputs.values())
+        body.init = [line for _, _, init, _ in steps for line in init]
+        steps = _live(steps, outputs)
         names = _Names(inst.inputs, steps, outputs, self.graph.type_of)
-        body.forward_args = [names.of(v) for _, v in inst.inputs]
-        for consumes, produces, init, call in steps:
-            body.init += init
+        body.forward_args = inputs
+        for consumes, produces, _, call in steps:
             args = [names.of(v) for v in consumes]
             targets = names.assign(consumes, produces)
             body.forward += call(args, targets)
@@ -211,16 +223,16 @@ class _Emitter:
         body.text = "\n".join([*body.init, "--", *body.forward_args, *body.forward, body.returns])
         return body
 
-    def _step(self, item, lit):
+    def _step(self, item, lit, inputs: list[str]):
         if isinstance(item, Node):
             return self._node_step(item, lit)
         if isinstance(item, Group):
-            return self._group_step(item, lit)
+            return self._group_step(item, lit, inputs)
         return self._instance_step(item, lit)
 
     def _node_step(self, node: Node, lit):
         op = REGISTRY[node.op]
-        self._note(op)
+        self._note_layer(op)
         local = node.local_name
         ins = self.graph.input_types(node)
         ctor = op.module(node.attrs, ins, lit(local))
@@ -228,6 +240,7 @@ class _Emitter:
         mod = f"self.{local}" if ctor is not None else None
 
         def call(args, targets):
+            self.functional |= "F" in op.needs  # only calls use F, and dead steps are not called
             return [f"{', '.join(targets)} = {op.call(node.attrs, args, mod, lit(local))}"]
 
         return (
@@ -240,7 +253,7 @@ class _Emitter:
     def _ctor_call(self, member: Instance | Node, record) -> str:
         if isinstance(member, Node):
             op = REGISTRY[member.op]
-            self._note(op)
+            self._note_layer(op)
             return op.module(member.attrs, self.graph.input_types(member), record)
         cls, kwargs = self.ctor[member.path]
         return f"{cls}({', '.join(f'{k}={record(v, k)}' for k, v in kwargs.items())})"
@@ -254,7 +267,7 @@ class _Emitter:
 
         return [v for _, v in inst.inputs], list(inst.outputs), init, call
 
-    def _group_step(self, group: Group, lit):
+    def _group_step(self, group: Group, lit, inputs: list[str]):
         local = group.local
         members = [self._member(m) for m in group.members]
         record = lit(local)
@@ -268,8 +281,12 @@ class _Emitter:
             init = [f"self.{local} = nn.ModuleList([{items}])"]
         first, last = group.members[0], group.members[-1]
         loop_var = "block" if first.frame.block else "layer"
+        while loop_var in inputs:  # an input of that name may be read after the loop
+            loop_var += "_"
 
         def call(args, targets):
+            if len(args) != 1 or len(targets) != 1:  # `repeat: 1` of a multi-input/output block
+                return [f"{', '.join(targets)} = self.{local}[0]({', '.join(args)})"]
             (x,), (h,) = args, targets
             lines = [] if x == h else [f"{h} = {x}"]
             return [*lines, f"for {loop_var} in self.{local}:", f"    {h} = {loop_var}({h})"]
@@ -282,10 +299,9 @@ class _Emitter:
             return node
         return inst
 
-    def _note(self, op: Op) -> None:
+    def _note_layer(self, op: Op) -> None:
         if op.layer:
             self.layers.add(op.layer)
-        self.functional |= "F" in op.needs
 
     def _ties(self) -> list[str]:
         return [
@@ -301,7 +317,9 @@ class _Names:
 
     def __init__(self, inputs, steps, outputs, type_of):
         self.type_of = type_of
-        self.var: dict[Value, str] = {v: name for name, v in inputs}
+        self.var: dict[Value, str] = {}
+        for name, v in inputs:  # a value passed to two inputs is read through the first
+            self.var.setdefault(v, name)
         self.remaining: dict[Value, int] = {}
         for consumes, *_ in steps:
             for v in consumes:
@@ -343,6 +361,19 @@ def _fresh(taken: set[str]) -> str:
     return f"h{i}"
 
 
+def _live(steps, outputs: list[Value]):
+    """The steps the outputs depend on. A dead step keeps its module (it holds parameters)
+    but is not called, as nobody would write an unused call by hand."""
+    needed = set(outputs)
+    live = []
+    for step in reversed(steps):
+        consumes, produces, *_ = step
+        if needed.intersection(produces):
+            needed.update(consumes)
+            live.append(step)
+    return live[::-1]
+
+
 def _children(inst: Instance):
     for item in inst.items:
         if isinstance(item, Instance):
@@ -367,8 +398,8 @@ def _leaves_first(deps: dict[str, set[str]]) -> list[str]:
 
 
 def _literal(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'float("{value}")'  # repr gives `inf`, which is not a Python name
     if not isinstance(value, (int, float, str, bool, list, tuple, type(None))):
         raise NlcError(f"internal error: cannot emit literal {value!r}")
     return repr(value)

@@ -67,6 +67,7 @@ def build_tree(graph: Graph) -> Instance:
         parent.items.append(node)
         producer[node.name] = parent
     _mark_outputs(graph, producer)
+    _default_outputs(graph, producer, by_path)
     return root
 
 
@@ -88,3 +89,19 @@ def _mark_outputs(graph: Graph, producer: dict[str, Instance]) -> None:
             read(v, node.frames[-1].path if node.frames else "")
     for v in graph.outputs.values():
         read(v, None)
+
+
+def _default_outputs(
+    graph: Graph, producer: dict[str, Instance], by_path: dict[str, Instance]
+) -> None:
+    """An instance whose values nobody reads still returns its last value, as its block would
+    (its class needs a return; the caller does not call it)."""
+    last: dict[str, Value] = {}
+    for node in graph:
+        inst = producer.get(node.name)
+        while inst is not None and inst.frame is not None:
+            last[inst.path] = Value(node.name)
+            inst = inst.parent
+    for path, value in last.items():
+        if not by_path[path].outputs:
+            by_path[path].outputs.append(value)

@@ -33,11 +33,13 @@ def sym(name: str) -> sympy.Symbol:
 
 
 def norm(d: Dim) -> Dim:
-    """Collapse sympy integers to int so concrete dims compare and print as plain numbers."""
-    if isinstance(d, sympy.Expr):
-        d = sympy.simplify(d)
-        if d.is_Integer:
-            return int(d)
+    """Collapse sympy integers to int so concrete dims compare and print as plain numbers.
+
+    Sympy's automatic evaluation already keeps these sums, products and floors canonical;
+    `simplify` would take seconds on the nested floors of a deep strided network.
+    """
+    if isinstance(d, sympy.Expr) and d.is_Integer:
+        return int(d)
     return d
 
 
