@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,40 @@ def check(spec_path: str | Path, overrides: dict[str, Any] | None = None) -> Gra
 
 
 def build(
-    spec_path: str | Path, out_dir: str | Path, overrides: dict[str, Any] | None = None
+    spec_path: str | Path,
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    onnx: bool = True,
+    opset: int | None = None,
+    verify: bool = True,
 ) -> Path:
-    """Build the standalone PyTorch package for a spec into `out_dir` (atomically)."""
+    """Build the standalone PyTorch package for a spec into `out_dir` (atomically); the options
+    are those of `write_build`."""
+    spec, graph = load(spec_path, overrides)
+    return write_build(spec, graph, out_dir, onnx, opset, verify)
+
+
+def write_build(
+    spec: Spec,
+    graph: Graph,
+    out_dir: str | Path,
+    onnx: bool = True,
+    opset: int | None = None,
+    verify: bool = True,
+) -> Path:
+    """Write the package of a loaded spec into `out_dir` (atomically).
+
+    With `onnx`, the package also gets `model.onnx` (seeded weights, dynamic symbolic dims)
+    and `onnx.json`, the export report; `opset` None means `nlc.emit.onnx.DEFAULT_OPSET`.
+    `verify` runs the file with onnxruntime and compares it with PyTorch: a mismatch fails the
+    build with nothing written.
+    """
     from nlc.emit import write_package
 
-    spec, graph = load(spec_path, overrides)
-    return write_package(graph, spec, out_dir)
+    def add_onnx(folder: Path) -> None:
+        from nlc.emit.onnx import export_onnx
+
+        report = export_onnx(folder, graph, opset, verify)
+        (folder / "onnx.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    return write_package(graph, spec, out_dir, add_onnx if onnx else None)

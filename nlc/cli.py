@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -115,17 +116,61 @@ def build(
         ),
     ] = None,
     set_: SetOpt = None,
+    no_onnx: Annotated[
+        bool, typer.Option("--no-onnx", help="Do not export model.onnx (nor verify it).")
+    ] = False,
+    opset: Annotated[
+        int | None,
+        typer.Option(
+            "--opset",
+            metavar="N",
+            help="ONNX opset of model.onnx, 18 to 25 (default: 20).",
+            show_default=False,
+        ),
+    ] = None,
+    skip_verify: Annotated[
+        bool,
+        typer.Option(
+            "--skip-verify",
+            help="Keep model.onnx without checking it against PyTorch under onnxruntime.",
+        ),
+    ] = False,
 ) -> None:
-    """Compile SPEC into a pip-installable PyTorch package."""
+    """Compile SPEC into a pip-installable PyTorch package, with model.onnx verified by
+    onnxruntime against PyTorch."""
 
     def go():
-        from nlc.emit import write_package
+        from nlc.api import write_build
 
         loaded, graph = _load(spec, set_)
-        path = write_package(graph, loaded, output or Path("build") / graph.name)
+        with err.status("building (ONNX export and verification take a while)"):
+            path = write_build(
+                loaded,
+                graph,
+                output or Path("build") / graph.name,
+                onnx=not no_onnx,
+                opset=opset,
+                verify=not skip_verify,
+            )
         out.print(f"built [bold]{graph.name}[/] ({graph.num_params():,} parameters) -> {path}")
+        if not no_onnx:
+            out.print(_onnx_summary(json.loads((path / "onnx.json").read_text())))
 
     _run(go)
+
+
+def _onnx_summary(report: dict) -> str:
+    """One line on model.onnx: opset, size, worst error relative to the output's scale."""
+    text = f"  model.onnx: opset {report['opset']}, {report['bytes'] / 1e6:.1f} MB, "
+    if not report["verified"]:
+        return text + "not verified (--skip-verify)"
+    worst = max(
+        o["max_abs_error"] / o["scale"] for c in report["checks"] for o in c["outputs"].values()
+    )
+    sizes = " and ".join(
+        ", ".join(f"{k}={v}" for k, v in c["sizes"].items()) for c in report["checks"]
+    )
+    return text + f"matches PyTorch under onnxruntime at {sizes} (max error {worst:.1e} of scale)"
 
 
 @app.command()

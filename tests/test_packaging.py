@@ -41,7 +41,7 @@ def test_wheel_ships_data_and_builds_from_another_directory(tmp_path):
     elsewhere.mkdir()
     out = _python(
         "import nlc, sys; print(nlc.__file__); "
-        f"nlc.build({str(ROOT / 'examples/gpt2_small.yaml')!r}, 'pkg')",
+        f"nlc.build({str(ROOT / 'examples/gpt2_small.yaml')!r}, 'pkg', onnx=False)",
         elsewhere,
         site,
     )
