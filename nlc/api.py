@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nlc.errors import NlcError, did_you_mean
 from nlc.frontend import load_spec, lower
 from nlc.frontend.load import Spec
 from nlc.ir import Graph
@@ -52,10 +53,45 @@ def write_build(
     """
     from nlc.emit import write_package
 
-    def add_onnx(folder: Path) -> None:
-        from nlc.emit.onnx import export_onnx
+    reports = cost_report(spec, graph)
 
-        report = export_onnx(folder, graph, opset, verify)
-        (folder / "onnx.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    def finish(folder: Path) -> None:
+        for name, text in reports.items():
+            (folder / name).write_text(text, encoding="utf-8")
+        if onnx:
+            from nlc.emit.onnx import export_onnx
 
-    return write_package(graph, spec, out_dir, add_onnx if onnx else None)
+            report = export_onnx(folder, graph, opset, verify)
+            (folder / "onnx.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    return write_package(graph, spec, out_dir, finish)
+
+
+def cost_report(spec: Spec, graph: Graph) -> dict[str, str]:
+    """`report.md` and `report.json` for the spec's `targets` (none when it names none), with
+    symbolic dims sized by the spec's `dims` (default 1)."""
+    from nlc.analysis.cost import analyze
+    from nlc.analysis.report import render_report
+    from nlc.targets import load_target
+
+    ast = spec.ast
+    if not ast.targets:
+        return {}
+    for name in ast.dims:
+        if name not in graph.meta["symbols"]:
+            raise NlcError(
+                f"dims: {name!r} is not a symbolic dim of the inputs",
+                ast.key_at("dims", name),
+                did_you_mean(name, graph.meta["symbols"])
+                or f"symbolic dims: {', '.join(graph.meta['symbols']) or 'none'}",
+            )
+    sizes = {s: ast.dims.get(s, 1) for s in graph.meta["symbols"]}
+    costs = []
+    for i, name in enumerate(ast.targets):
+        where = spec.path.parent / name if name.endswith((".yaml", ".yml")) else name
+        try:
+            target = load_target(where)
+        except NlcError as e:
+            raise NlcError(e.message, e.loc or ast.at("targets", i), e.hint) from None
+        costs.append(analyze(graph, target, sizes))
+    return render_report(costs)

@@ -40,6 +40,16 @@ SetOpt = Annotated[
     ),
 ]
 
+DimOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dim",
+        metavar="DIM=SIZE",
+        help="Size of a symbolic input dim, e.g. --dim T=1024 (default 1).",
+        show_default=False,
+    ),
+]
+
 
 def _run(fn):
     """Call `fn`; report user errors in one paragraph, exit 2, no traceback."""
@@ -177,15 +187,7 @@ def _onnx_summary(report: dict) -> str:
 def check(
     spec: SpecArg,
     set_: SetOpt = None,
-    dim: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--dim",
-            metavar="DIM=SIZE",
-            help="Size of a symbolic input dim for the MAC counts, e.g. --dim T=1024 (default 1).",
-            show_default=False,
-        ),
-    ] = None,
+    dim: DimOpt = None,
 ) -> None:
     """Validate SPEC, infer shapes, and print a per-layer table with totals."""
 
@@ -221,6 +223,134 @@ def check(
             f"ok: {len(rows)} nodes, {graph.num_params():,} parameters, "
             f"{total_macs / 1e9:.3f} GMACs"
         )
+
+    _run(go)
+
+
+def _rich(table, title: str | None = None) -> Table:
+    """A rich table from the (headers, rows) the report module builds."""
+    headers, rows = table
+    t = Table(title=title, title_justify="left")
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+@app.command()
+def cost(
+    spec: SpecArg,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="NAME|FILE",
+            help="Hardware target: a built-in name (see `nlc targets`) or a target .yaml file; "
+            "repeat to compare targets side by side.",
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            "-b",
+            min=1,
+            help="Batch size, the symbolic dim B (default 1).",
+            show_default=False,
+        ),
+    ] = None,
+    seq: Annotated[
+        int | None,
+        typer.Option(
+            "--seq",
+            min=1,
+            help="Sequence length, the symbolic dim T (default 1).",
+            show_default=False,
+        ),
+    ] = None,
+    dim: DimOpt = None,
+    train: Annotated[
+        bool, typer.Option("--train", help="Also show training time, memory and largest batch.")
+    ] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            metavar="f32|f16|bf16",
+            help="Run floating-point tensors in this dtype (f16/bf16: mixed precision).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", metavar="FILE", help="Also write every figure as JSON.", show_default=False
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            metavar="PNG",
+            help="Also draw per-layer latency (matplotlib).",
+            show_default=False,
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Estimate latency, throughput and memory of SPEC on hardware targets (roofline model)."""
+
+    def go():
+        from nlc.analysis.cost import analyze
+        from nlc.analysis.report import (
+            compare_table,
+            layer_compare_table,
+            layer_table,
+            plot_latency,
+            setting,
+            to_json,
+            top_table,
+        )
+        from nlc.targets import builtin_targets, load_target
+
+        if not target:
+            raise NlcError(
+                "no target given",
+                None,
+                f"e.g. --target rx580; built-in targets: {', '.join(builtin_targets())}",
+            )
+        loaded, graph = _load(spec, set_)
+        items = [*(dim or []), *([f"B={batch}"] if batch else []), *([f"T={seq}"] if seq else [])]
+        sizes = _dim_sizes(loaded, graph, items)
+        costs = [analyze(graph, load_target(t), sizes, dtype) for t in target]
+        if len(costs) == 1:
+            out.print(_rich(layer_table(costs[0]), setting(costs[0])))
+        else:
+            out.print(_rich(layer_compare_table(costs), "per layer"))
+        for c in costs:
+            out.print(_rich(top_table(c), f"slowest layers: {setting(c)}"))
+        out.print(_rich(compare_table(costs, train), "totals"))
+        if json_out:
+            json_out.write_text(json.dumps(to_json(costs), indent=1) + "\n")
+            out.print(f"wrote {json_out}")
+        if plot:
+            out.print(f"wrote {plot_latency(costs, plot)}")
+
+    _run(go)
+
+
+@app.command()
+def targets() -> None:
+    """List the built-in hardware targets with their key figures."""
+
+    def go():
+        from nlc.analysis.report import targets_table
+        from nlc.targets import builtin_targets, load_target
+
+        out.print(_rich(targets_table([load_target(n) for n in builtin_targets()]), "targets"))
 
     _run(go)
 

@@ -98,3 +98,18 @@ def test_usage_mistakes_get_suggestions():
     assert command.exit_code == 2 and "Did you mean 'check'?" in command.stderr
     option = _nlc("check", EXAMPLE, "--sett", "width=3")
     assert option.exit_code == 2 and "Possible options: --set" in option.stderr
+
+
+def test_build_writes_the_cost_report_for_the_spec_targets(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text(
+        "nlc: 1\nname: m\ninputs: {ids: {shape: [B, T], dtype: i64}}\n"
+        "graph:\n  - {op: embedding, num: 50, dim: 16}\n  - {op: linear, out: 50}\n"
+        "targets: [rx580, cpu]\ndims: {T: 64}\n"
+    )
+    result = _nlc("build", str(spec), "-o", str(tmp_path / "out"), "--no-onnx")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert "rx580" in json.dumps(report) and "cpu" in json.dumps(report)
+    markdown = (tmp_path / "out/report.md").read_text()
+    assert "rx580" in markdown and "T=64" in markdown

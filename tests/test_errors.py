@@ -28,7 +28,7 @@ def _header(path: Path) -> dict[str, str]:
     """The `# key: value` lines at the top of a corpus file."""
     fields = {}
     for line in path.read_text().splitlines():
-        m = re.match(r"# (args|expect|hint): (.*)", line)
+        m = re.match(r"# (args|command|expect|hint): (.*)", line)
         if not m:
             break
         fields[m.group(1)] = m.group(2)
@@ -64,7 +64,8 @@ def test_corpus(path: Path, monkeypatch):
     head = _header(path)
     want = _EXPECT.fullmatch(head["expect"])
     monkeypatch.chdir(CORPUS)  # so that messages name files as the headers do
-    code, stdout, stderr = _nlc("check", path.name, *shlex.split(head.get("args", "")))
+    command = head.get("command", "check")  # errors found only by `build` say so
+    code, stdout, stderr = _nlc(command, path.name, *shlex.split(head.get("args", "")))
     _assert_user_error(code, stdout, stderr)
     where = f"{want['file'] or path.name}:{want['line']}:{want['col']}: error: "
     assert stderr.startswith(where), f"expected {where!r}, got:\n{stderr}"

@@ -144,6 +144,13 @@ class ModelSpec(_Spec):
     blocks: dict[str, BlockSpec] = {}
     graph: list[NodeSpec]
     outputs: list[str] | None = None
+    targets: list[str] = Field(
+        default=[],
+        description="hardware targets (built-in names or target files) of the build's cost report",
+    )
+    dims: dict[str, int] = Field(
+        default={}, description="sizes of symbolic dims for the cost report (default 1)"
+    )
 
 
 class IncludeSpec(_Spec):

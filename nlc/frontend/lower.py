@@ -404,6 +404,10 @@ def _attr_error(e: ValidationError, op: str, model, item: NodeSpec) -> NlcError:
     if key not in fields:  # a rule over several attributes
         return NlcError(f"{op}: {msg}", item.loc, "`nlc ops` lists the attributes of every op")
     field = fields[key]
+    if err["type"] == "value_error":  # the attribute's own rule, which explains itself
+        return NlcError(
+            f"{op}: {msg}", item.at(key), f"change `{key}`; `nlc ops` lists every attribute"
+        )
     return NlcError(
         f"{op}: attribute {key!r} {msg}, got {err['input']!r}",
         item.at(key),

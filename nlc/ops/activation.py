@@ -18,22 +18,20 @@ class _Activation(Op):
         return f"{self.fn}({args[0]})"
 
 
-def _activation(op_name: str, fn: str, doc: str, needs: str = "F") -> None:
-    register(
-        type(
-            op_name.title(),
-            (_Activation,),
-            {"name": op_name, "fn": fn, "doc": doc, "needs": (needs,)},
-        )
-    )
+def _activation(
+    op_name: str, fn: str, doc: str, flops: int, saves: str = "inputs", needs: str = "F"
+) -> None:
+    """Register an activation; `flops` per element, `saves` what its backward needs."""
+    attrs = {"name": op_name, "fn": fn, "doc": doc, "needs": (needs,)}
+    register(type(op_name.title(), (_Activation,), {**attrs, "elem_flops": flops, "saves": saves}))
 
 
-_activation("relu", "F.relu", "Rectified linear unit, max(x, 0).")
-_activation("relu6", "F.relu6", "ReLU clipped at 6 (MobileNet).")
-_activation("silu", "F.silu", "x * sigmoid(x), also called swish.")
-_activation("sigmoid", "torch.sigmoid", "Logistic sigmoid.", needs="torch")
-_activation("tanh", "torch.tanh", "Hyperbolic tangent.", needs="torch")
-_activation("hardswish", "F.hardswish", "Piecewise-linear swish (MobileNetV3).")
+_activation("relu", "F.relu", "Rectified linear unit, max(x, 0).", 1, saves="outputs")
+_activation("relu6", "F.relu6", "ReLU clipped at 6 (MobileNet).", 2)
+_activation("silu", "F.silu", "x * sigmoid(x), also called swish.", 4)
+_activation("sigmoid", "torch.sigmoid", "Logistic sigmoid.", 4, saves="outputs", needs="torch")
+_activation("tanh", "torch.tanh", "Hyperbolic tangent.", 5, saves="outputs", needs="torch")
+_activation("hardswish", "F.hardswish", "Piecewise-linear swish (MobileNetV3).", 4)
 
 
 class GeluAttrs(Attrs):
@@ -46,6 +44,7 @@ class Gelu(Op):
     doc = "Gaussian error linear unit; approximate: tanh gives GPT-2's form."
     Attrs = GeluAttrs
     needs = ("F",)
+    elem_flops = 8
 
     def infer(self, a, ins):
         float_input(ins[0], self.name)
@@ -66,6 +65,9 @@ class Softmax(Op):
     name = "softmax"
     doc = "Softmax along `dim`."
     Attrs = SoftmaxAttrs
+    kind = "norm"  # a row reduction and a rescale, like layernorm
+    elem_flops = 5
+    saves = "outputs"
 
     def infer(self, a, ins):
         float_input(ins[0], self.name)

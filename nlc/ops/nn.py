@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import sympy
 from pydantic import Field
 
 from nlc.ir.graph import Param
-from nlc.ir.types import TensorType, norm, prod
+from nlc.ir.types import DTYPE_BYTES, TensorType, norm, prod
 from nlc.ops.base import (
     Attrs,
     Op,
@@ -40,12 +41,16 @@ class Linear(Op):
     name = "linear"
     doc = "Affine map over the last dimension (`nn.Linear`); `tie` shares another node's weight."
     Attrs = LinearAttrs
+    kind = "matmul"
+    elem_flops = 0
 
     def infer(self, a, ins):
         (x,) = ins
         float_input(x, self.name)
         if x.rank < 1:
-            raise ShapeError(f"linear needs at least one dimension, got {x}")
+            raise ShapeError(
+                f"linear needs at least one dimension, got {x}", "feed it a [..., features] tensor"
+            )
         return [x.with_shape((*x.shape[:-1], a.out))]
 
     def params(self, a, ins):
@@ -79,13 +84,22 @@ class ConvAttrs(Attrs):
 class _Conv(Op):
     spatial: int
     Attrs = ConvAttrs
+    kind = "conv"
+    elem_flops = 0
+
+    def op_class(self, a, ins):
+        # One filter per channel: little reuse per byte, and no tensor-core path.
+        return "depthwise" if a.groups > 1 and a.groups == ins[0].shape[1] else "conv"
 
     def _geometry(self, a):
         n = self.spatial
         k, s, d = _tuple(a.kernel, n), _tuple(a.stride, n), _tuple(a.dilation, n)
         for what, v in (("kernel", k), ("stride", s), ("dilation", d)):
             if len(v) != n or any(x <= 0 for x in v):
-                raise ShapeError(f"{self.name}: {what} must be {n} positive integer(s), got {v}")
+                raise ShapeError(
+                    f"{self.name}: {what} must be {n} positive integer(s), got {v}",
+                    f"write one number for all {n} dims or a list of {n}",
+                )
         if a.padding == "valid":
             p = (0,) * n
         elif a.padding == "same":
@@ -97,6 +111,11 @@ class _Conv(Op):
             p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d, strict=True))
         else:
             p = _tuple(a.padding, n)
+            if len(p) != n or any(x < 0 for x in p):
+                raise ShapeError(
+                    f"{self.name}: padding must be {n} non-negative integer(s), got {a.padding}",
+                    f"write one number for all {n} dims, a list of {n}, 'same' or 'valid'",
+                )
         return k, s, p, d
 
     def infer(self, a, ins):
@@ -109,7 +128,8 @@ class _Conv(Op):
         if isinstance(cin, int) and (cin % a.groups or a.out % a.groups):
             raise ShapeError(
                 f"{self.name}: in channels ({cin}) and out ({a.out}) must both be divisible by "
-                f"groups ({a.groups})"
+                f"groups ({a.groups})",
+                "choose groups that divide both; depthwise is groups = in channels",
             )
         k, s, p, d = self._geometry(a)
         if a.padding == "same":
@@ -122,7 +142,8 @@ class _Conv(Op):
                     if span < 0:
                         raise ShapeError(
                             f"{self.name}: kernel {kk} (dilation {dd}) is larger than the padded "
-                            f"input size {size + 2 * pp}"
+                            f"input size {size + 2 * pp}",
+                            "use a smaller kernel or more padding, or downsample less before it",
                         )
                     spatial.append(span // ss + 1)
                 else:
@@ -173,6 +194,8 @@ class BatchNormAttrs(Attrs):
 
 class _BatchNorm(Op):
     Attrs = BatchNormAttrs
+    kind = "norm"
+    elem_flops = 4
     ranks: tuple[int, ...]
     cls: str
     layout: str
@@ -222,6 +245,8 @@ class LayerNorm(Op):
     name = "layernorm"
     doc = "Layer normalisation over the last dimension (`nn.LayerNorm`)."
     Attrs = LayerNormAttrs
+    kind = "norm"
+    elem_flops = 8
 
     def infer(self, a, ins):
         float_input(ins[0], self.name)
@@ -250,6 +275,8 @@ class RMSNorm(Op):
     name = "rmsnorm"
     doc = "Root-mean-square normalisation over the last dimension (`nn.RMSNorm`)."
     Attrs = RMSNormAttrs
+    kind = "norm"
+    elem_flops = 5
 
     def infer(self, a, ins):
         float_input(ins[0], self.name)
@@ -257,6 +284,10 @@ class RMSNorm(Op):
 
     def params(self, a, ins):
         return {"weight": Param((concrete(ins[0].shape[-1], "rmsnorm features"),), init="ones")}
+
+    def cost(self, a, ins, outs, params, size):
+        # PyTorch's RMSNorm is composite: backward also keeps the normalised input.
+        return replace(super().cost(a, ins, outs, params, size), saved=size(outs[0]))
 
     def module(self, a, ins, lit):
         return f"nn.RMSNorm({lit(ins[0].shape[-1], 'normalized_shape')}, eps={lit(a.eps, 'eps')})"
@@ -272,15 +303,26 @@ class GroupNorm(Op):
     name = "groupnorm"
     doc = "Group normalisation over channel groups of [B, C, ...] (`nn.GroupNorm`)."
     Attrs = GroupNormAttrs
+    kind = "norm"
+    elem_flops = 8
 
     def infer(self, a, ins):
         (x,) = ins
         float_input(x, self.name)
         if x.rank < 2:
-            raise ShapeError(f"groupnorm expects [B, C, ...], got {x}")
+            raise ShapeError(
+                f"groupnorm expects [B, C, ...], got {x}", "feed it a [B, C, ...] tensor"
+            )
         if isinstance(x.shape[1], int) and x.shape[1] % a.groups:
             raise ShapeError(
-                f"groupnorm: {x.shape[1]} channels do not split into {a.groups} groups"
+                f"groupnorm: {x.shape[1]} channels do not split into {a.groups} groups",
+                "choose groups that divide the channel count",
+            )
+        if all(isinstance(d, int) for d in x.shape[1:]) and prod(x.shape[1:]) == a.groups:
+            raise ShapeError(
+                f"groupnorm: each of the {a.groups} groups of {x} holds a single value, which "
+                "cannot be normalised",
+                "use fewer groups",
             )
         return [x]
 
@@ -305,6 +347,8 @@ class Embedding(Op):
     name = "embedding"
     doc = "Lookup table from integer ids to vectors (`nn.Embedding`)."
     Attrs = EmbeddingAttrs
+    kind = "copy"
+    elem_flops = 0
 
     def infer(self, a, ins):
         (x,) = ins
@@ -316,6 +360,10 @@ class Embedding(Op):
 
     def params(self, a, ins):
         return {"weight": Param((a.num, a.dim), init="normal")}
+
+    def cost(self, a, ins, outs, params, size):
+        # A gather: only the looked-up rows of the table are read.
+        return replace(super().cost(a, ins, outs, params, size), weights=size(outs[0]))
 
     def module(self, a, ins, lit):
         return f"nn.Embedding({lit(a.num, 'num_embeddings')}, {lit(a.dim, 'embedding_dim')})"
@@ -330,9 +378,17 @@ class Dropout(Op):
     name = "dropout"
     doc = "Dropout during training, identity in eval mode (`nn.Dropout`)."
     Attrs = DropoutAttrs
+    kind = "view"  # identity at inference
+    train_copy = True
+    saves = "none"
 
     def infer(self, a, ins):
         return [ins[0]]
+
+    def cost(self, a, ins, outs, params, size):
+        # Backward keeps the mask (bool, as the fused GPU kernel makes it).
+        mask = ins[0].numel() * DTYPE_BYTES["bool"] if a.p else 0
+        return replace(super().cost(a, ins, outs, params, size), saved=mask)
 
     def module(self, a, ins, lit):
         return f"nn.Dropout({lit(a.p, 'p')})"

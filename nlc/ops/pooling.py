@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy
 from pydantic import Field
 
+from nlc.ir.types import DTYPE_BYTES
 from nlc.ops.base import Attrs, Op, ShapeError, float_input, need_rank, register
 
 
@@ -17,6 +20,9 @@ class PoolAttrs(Attrs):
 class _Pool(Op):
     Attrs = PoolAttrs
     needs = ("F",)
+    kind = "reduce"
+    elem_flops = 0
+    in_flops = 1
     fn: str
 
     def infer(self, a, ins):
@@ -24,14 +30,20 @@ class _Pool(Op):
         float_input(x, self.name)
         need_rank(x, (4,), self.name, "[B, C, H, W]")
         if 2 * a.padding > a.kernel:
-            raise ShapeError(f"{self.name}: padding {a.padding} exceeds half the kernel {a.kernel}")
+            raise ShapeError(
+                f"{self.name}: padding {a.padding} exceeds half the kernel {a.kernel}",
+                f"use padding <= {a.kernel // 2}",
+            )
         stride = a.stride or a.kernel
         spatial = []
         for size in x.shape[2:]:
             span = size + 2 * a.padding - a.kernel
             if isinstance(span, int):
                 if span < 0:
-                    raise ShapeError(f"{self.name}: kernel {a.kernel} is larger than input {x}")
+                    raise ShapeError(
+                        f"{self.name}: kernel {a.kernel} is larger than input {x}",
+                        "use a smaller kernel, or adaptive_avgpool2d / global_avgpool",
+                    )
                 spatial.append(span // stride + 1)
             else:
                 spatial.append(sympy.floor(span / stride) + 1)
@@ -52,6 +64,11 @@ class MaxPool2d(_Pool):
     doc = "Max pooling over H and W."
     fn = "F.max_pool2d"
 
+    def cost(self, a, ins, outs, params, size):
+        # Backward keeps the input and the argmax indices (int64).
+        indices = outs[0].numel() * DTYPE_BYTES["i64"]
+        return replace(super().cost(a, ins, outs, params, size), saved=indices)
+
 
 @register
 class AvgPool2d(_Pool):
@@ -70,6 +87,9 @@ class AdaptiveAvgPool2d(Op):
     doc = "Average pooling to a fixed output size [B, C, size, size]."
     Attrs = AdaptiveAttrs
     needs = ("F",)
+    kind = "reduce"
+    elem_flops = 0
+    in_flops = 1
 
     def infer(self, a, ins):
         (x,) = ins
@@ -86,6 +106,10 @@ class AdaptiveAvgPool2d(Op):
 class GlobalAvgPool(Op):
     name = "global_avgpool"
     doc = "Mean over all spatial dimensions: [B, C, ...] -> [B, C]."
+    kind = "reduce"
+    elem_flops = 0
+    in_flops = 1
+    saves = "none"
 
     def infer(self, a, ins):
         (x,) = ins

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sympy
 from pydantic import Field, model_validator
 
 from nlc.ir.types import TensorType, dims_equal, norm, prod
@@ -23,7 +24,10 @@ def broadcast(types: list[TensorType], op: str) -> TensorType:
         shape.append(real[0] if real else 1)
     dtypes = {t.dtype for t in types}
     if len(dtypes) > 1:
-        raise ShapeError(f"{op}: inputs have different dtypes {sorted(dtypes)}")
+        raise ShapeError(
+            f"{op}: inputs have different dtypes {sorted(dtypes)}",
+            "feed it tensors of one dtype (an embedding turns integer ids into f32)",
+        )
     return TensorType(tuple(reversed(shape)), types[0].dtype)
 
 
@@ -44,6 +48,7 @@ class Add(_Elementwise):
     name = "add"
     doc = "Elementwise sum of two or more inputs (residual connections), with broadcasting."
     symbol = "+"
+    saves = "none"
 
 
 @register
@@ -58,14 +63,21 @@ class Matmul(Op):
     name = "matmul"
     doc = "Batched matrix product of two inputs (`a @ b`)."
     min_inputs = max_inputs = 2
+    kind = "matmul"
+    elem_flops = 0
 
     def infer(self, a, ins):
         x, y = ins
         if x.rank < 2 or y.rank < 2:
-            raise ShapeError(f"matmul needs inputs of rank >= 2, got {x} and {y}")
+            raise ShapeError(
+                f"matmul needs inputs of rank >= 2, got {x} and {y}",
+                "reshape vectors into [1, n] or [n, 1] matrices",
+            )
         if not dims_equal(x.shape[-1], y.shape[-2]):
             raise ShapeError(
-                f"matmul: inner dimensions differ: {x} @ {y} ({x.shape[-1]} vs {y.shape[-2]})"
+                f"matmul: inner dimensions differ: {x} @ {y} ({x.shape[-1]} vs {y.shape[-2]})",
+                "transpose one input so the last dim of the first equals the second-last of "
+                "the second",
             )
         batch = broadcast(
             [TensorType(x.shape[:-2], x.dtype), TensorType(y.shape[:-2], y.dtype)], self.name
@@ -91,6 +103,9 @@ class Concat(Op):
     min_inputs = 2
     max_inputs = None
     needs = ("torch",)
+    kind = "copy"
+    elem_flops = 0
+    saves = "none"
 
     def infer(self, a, ins):
         rank = ins[0].rank
@@ -103,7 +118,8 @@ class Concat(Op):
             )
             if not same:
                 raise ShapeError(
-                    f"concat along dim {a.dim}: {ins[0]} and {t} differ outside that dimension"
+                    f"concat along dim {a.dim}: {ins[0]} and {t} differ outside that dimension",
+                    "inputs must agree in every dim except the one they are joined along",
                 )
         total = norm(sum(t.shape[axis] for t in ins))
         return [ins[0].with_shape((*ins[0].shape[:axis], total, *ins[0].shape[axis + 1 :]))]
@@ -130,6 +146,7 @@ class Split(Op):
     doc = "Split one input into several outputs along `dim` (refer to them as `name[i]`)."
     Attrs = SplitAttrs
     needs = ("torch",)
+    kind = "view"
 
     def infer(self, a, ins):
         (x,) = ins
@@ -137,12 +154,18 @@ class Split(Op):
         size = x.shape[axis]
         if a.chunks is not None:
             if not isinstance(size, int) or size % a.chunks:
-                raise ShapeError(f"split: dim {a.dim} of {x} does not split into {a.chunks} chunks")
+                raise ShapeError(
+                    f"split: dim {a.dim} of {x} does not split into {a.chunks} chunks",
+                    "choose chunks that divide the size, or give `sizes`",
+                )
             sizes = [size // a.chunks] * a.chunks
         else:
             sizes = a.sizes
             if not dims_equal(sum(sizes), size):
-                raise ShapeError(f"split: sizes {sizes} add up to {sum(sizes)}, not {size} of {x}")
+                raise ShapeError(
+                    f"split: sizes {sizes} add up to {sum(sizes)}, not {size} of {x}",
+                    f"make the sizes add up to {size}",
+                )
         return [x.with_shape((*x.shape[:axis], s, *x.shape[axis + 1 :])) for s in sizes]
 
     def call(self, a, args, mod, lit):
@@ -161,12 +184,16 @@ class Flatten(Op):
     name = "flatten"
     doc = "Merge dimensions start..end into one."
     Attrs = FlattenAttrs
+    kind = "view"
 
     def infer(self, a, ins):
         (x,) = ins
         s, e = norm_axis(a.start, x.rank, self.name), norm_axis(a.end, x.rank, self.name)
         if s > e:
-            raise ShapeError(f"flatten: start {a.start} comes after end {a.end} for {x}")
+            raise ShapeError(
+                f"flatten: start {a.start} comes after end {a.end} for {x}",
+                "start must not come after end",
+            )
         return [x.with_shape((*x.shape[:s], prod(x.shape[s : e + 1]), *x.shape[e + 1 :]))]
 
     def call(self, a, args, mod, lit):
@@ -183,23 +210,36 @@ class Reshape(Op):
     name = "reshape"
     doc = "Reshape to `shape` (0 keeps that input dimension, one -1 is inferred)."
     Attrs = ReshapeAttrs
+    kind = "view"
 
     def infer(self, a, ins):
         (x,) = ins
         if sum(1 for d in a.shape if d == -1) > 1 or any(d < -1 for d in a.shape):
-            raise ShapeError(f"reshape: bad shape {a.shape}: at most one -1, no other negatives")
+            raise ShapeError(
+                f"reshape: bad shape {a.shape}: at most one -1, no other negatives",
+                "use -1 once for the size to infer and 0 to keep an input dim",
+            )
         out = [x.shape[i] if d == 0 else d for i, d in enumerate(a.shape)]
         if any(d == 0 for d in a.shape[x.rank :]):
-            raise ShapeError(f"reshape: 0 keeps an input dimension, but {x} has rank {x.rank}")
+            raise ShapeError(
+                f"reshape: 0 keeps an input dimension, but {x} has rank {x.rank}",
+                f"use 0 only in the first {x.rank} positions",
+            )
         known = prod(d for d in out if not (isinstance(d, int) and d == -1))
         total = x.numel()
         if -1 in out:
-            rest = norm(total / known)
+            rest = norm(sympy.sympify(total) / known)
             if not isinstance(rest, int) and rest.is_number:
-                raise ShapeError(f"reshape: {x} cannot be viewed as {a.shape}")
+                raise ShapeError(
+                    f"reshape: {x} cannot be viewed as {a.shape}",
+                    "the sizes other than -1 must divide the number of elements",
+                )
             out[out.index(-1)] = rest
         elif not dims_equal(known, total):
-            raise ShapeError(f"reshape: {x} has {total} elements, {a.shape} has {known}")
+            raise ShapeError(
+                f"reshape: {x} has {total} elements, {a.shape} has {known}",
+                "the new shape must hold the same number of elements (use -1 to infer one)",
+            )
         return [x.with_shape(out)]
 
     def call(self, a, args, mod, lit):
@@ -218,11 +258,15 @@ class Permute(Op):
     name = "permute"
     doc = "Reorder dimensions."
     Attrs = PermuteAttrs
+    kind = "view"
 
     def infer(self, a, ins):
         (x,) = ins
         if sorted(d % x.rank for d in a.dims) != list(range(x.rank)) or len(a.dims) != x.rank:
-            raise ShapeError(f"permute: dims {a.dims} are not a permutation of {x.rank} dims")
+            raise ShapeError(
+                f"permute: dims {a.dims} are not a permutation of {x.rank} dims",
+                f"list each of the dims 0..{x.rank - 1} exactly once",
+            )
         return [x.with_shape([x.shape[d] for d in a.dims])]
 
     def call(self, a, args, mod, lit):
@@ -239,6 +283,7 @@ class Transpose(Op):
     name = "transpose"
     doc = "Swap two dimensions."
     Attrs = TransposeAttrs
+    kind = "view"
 
     def infer(self, a, ins):
         (x,) = ins
@@ -261,13 +306,17 @@ class Select(Op):
     name = "select"
     doc = "Take one index along `dim`, dropping that dimension (e.g. the class token)."
     Attrs = SelectAttrs
+    kind = "view"
 
     def infer(self, a, ins):
         (x,) = ins
         axis = norm_axis(a.dim, x.rank, self.name)
         size = x.shape[axis]
         if isinstance(size, int) and not -size <= a.index < size:
-            raise ShapeError(f"select: index {a.index} is out of range for dim {a.dim} of {x}")
+            raise ShapeError(
+                f"select: index {a.index} is out of range for dim {a.dim} of {x}",
+                f"use an index from 0 to {size - 1}",
+            )
         return [x.with_shape(x.shape[:axis] + x.shape[axis + 1 :])]
 
     def call(self, a, args, mod, lit):
@@ -286,6 +335,10 @@ class Mean(Op):
     name = "mean"
     doc = "Mean over `dims` (e.g. token pooling)."
     Attrs = MeanAttrs
+    kind = "reduce"
+    elem_flops = 0
+    in_flops = 1
+    saves = "none"
 
     def infer(self, a, ins):
         (x,) = ins

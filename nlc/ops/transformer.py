@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import sympy
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from nlc.ir.graph import Param
-from nlc.ir.types import norm
+from nlc.ir.types import DTYPE_BYTES, Dim, TensorType, norm
 from nlc.ops.base import (
     Attrs,
     Op,
+    OpCost,
     ShapeError,
     concrete,
     float_input,
     kwarg,
     need_rank,
+    param_bytes,
     register,
 )
 
@@ -32,13 +35,13 @@ class AttentionAttrs(Attrs):
     rope_base: float = Field(default=10000.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
-    @model_validator(mode="after")
-    def _groups(self):
-        if self.kv_heads is not None and self.heads % self.kv_heads:
-            raise ValueError(
-                f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
-            )
-        return self
+    @field_validator("kv_heads")
+    @classmethod
+    def _groups(cls, kv_heads: int | None, info: ValidationInfo) -> int | None:
+        heads = info.data.get("heads")
+        if kv_heads is not None and heads is not None and heads % kv_heads:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+        return kv_heads
 
 
 def _attention_dims(a, dim: int) -> tuple[int, int]:
@@ -53,6 +56,14 @@ def _attention_dims(a, dim: int) -> tuple[int, int]:
     return kv, dim // a.heads
 
 
+def _attention_macs(a, shape) -> tuple[Dim, Dim]:
+    """MACs of the q/k/v and output projections, and of the scores and their weighted sum."""
+    b, t, d = shape
+    kv, hd = _attention_dims(a, d)
+    proj = b * t * d * (a.heads + 2 * kv) * hd + b * t * a.heads * hd * d
+    return proj, 2 * b * a.heads * t * t * hd
+
+
 @register
 class Attention(Op):
     name = "attention"
@@ -62,6 +73,7 @@ class Attention(Op):
     )
     Attrs = AttentionAttrs
     layer = "Attention"
+    kind = "attention"
 
     def infer(self, a, ins):
         (x,) = ins
@@ -69,7 +81,10 @@ class Attention(Op):
         need_rank(x, (3,), self.name, "[B, T, D]")
         _attention_dims(a, concrete(x.shape[2], "attention dim"))
         if a.rope and (a.head_dim or x.shape[2] // a.heads) % 2:
-            raise ShapeError("attention: rope needs an even head_dim")
+            raise ShapeError(
+                "attention: rope needs an even head_dim",
+                "choose heads (or head_dim) for an even head_dim",
+            )
         return [x]
 
     def params(self, a, ins):
@@ -84,11 +99,43 @@ class Attention(Op):
         return p
 
     def macs(self, a, ins, outs):
-        b, t, d = ins[0].shape
+        return norm(sum(_attention_macs(a, ins[0].shape)))
+
+    def cost(self, a, ins, outs, params, size):
+        # As in the Attention layer: the qkv projection, fused scaled_dot_product_attention
+        # (the T x T scores never reach memory; its output is laid out so that merging the
+        # heads is a view), the output projection.
+        x = ins[0]
+        b, t, d = x.shape
         kv, hd = _attention_dims(a, d)
-        proj = b * t * d * (a.heads + 2 * kv) * hd + b * t * a.heads * hd * d
-        scores = 2 * b * a.heads * t * t * hd
-        return norm(proj + scores)
+        gqa = kv != a.heads
+        proj, scores = _attention_macs(a, x.shape)
+        qkv = size(x.with_shape((b, t, (a.heads + 2 * kv) * hd)))
+        ctx = size(x.with_shape((b, t, a.heads * hd)))  # q, and the attention output
+        kvs = size(x.with_shape((b, t, kv * hd)))  # k or v before repeat_interleave
+        read, written, launches = qkv + ctx, qkv + ctx, 3
+        saved = ctx + b * a.heads * t * DTYPE_BYTES["f32"]  # the output and its logsumexp
+        if a.rope:  # cos/sin tables, then about four passes over q and k
+            read, written, launches = (
+                read + 4 * (ctx + kvs),
+                written + 4 * (ctx + kvs),
+                launches + 17,
+            )
+            saved += ctx + (0 if gqa else kvs)  # rotated q and k
+        if gqa:  # repeat_interleave of k and v up to `heads`
+            read, written, launches = read + 2 * ctx, written + 2 * ctx, launches + 2
+            saved += 2 * ctx
+        if not (a.rope and gqa):  # attention reads views of the projection's output
+            saved += qkv
+        return OpCost(
+            {"matmul": norm(2 * proj), "attention": norm(2 * scores + 5 * b * a.heads * t * t)},
+            read=norm(size(x) + read),
+            written=norm(size(outs[0]) + written),
+            weights=param_bytes(params.values(), size),
+            launches=launches,
+            scratch=norm(saved),  # the temporaries are what backward keeps
+            saved=norm(saved),
+        )
 
     def module(self, a, ins, lit):
         dim = ins[0].shape[2]
@@ -115,6 +162,7 @@ class GatedMLP(Op):
     doc = "Gated feed-forward down(act(gate(x)) * up(x)): SwiGLU (act: silu) or GeGLU (gelu)."
     Attrs = GatedMLPAttrs
     layer = "GatedMLP"
+    kind = "matmul"
 
     def infer(self, a, ins):
         float_input(ins[0], self.name)
@@ -131,6 +179,22 @@ class GatedMLP(Op):
 
     def macs(self, a, ins, outs):
         return norm(3 * ins[0].numel() * a.hidden)
+
+    def cost(self, a, ins, outs, params, size):
+        # Five kernels: gate, up, act, mul, down; gate, act, up and their product each make
+        # one hidden-size tensor, written once and read once, and all four are kept for backward.
+        x = ins[0]
+        hidden = x.with_shape((*x.shape[:-1], a.hidden))
+        h = size(hidden)
+        return OpCost(
+            {"matmul": norm(2 * self.macs(a, ins, outs)), "elementwise": norm(5 * hidden.numel())},
+            read=norm(2 * size(x) + 4 * h),
+            written=norm(4 * h + size(outs[0])),
+            weights=param_bytes(params.values(), size),
+            launches=5,
+            scratch=norm(3 * h),
+            saved=norm(4 * h),
+        )
 
     def module(self, a, ins, lit):
         return (
@@ -149,19 +213,28 @@ class PosEmbedding(Op):
     doc = "Adds a learned position embedding to [B, T, D] (T <= num)."
     Attrs = PosEmbeddingAttrs
     layer = "PositionalEmbedding"
+    saves = "none"
 
     def infer(self, a, ins):
         (x,) = ins
         float_input(x, self.name)
         need_rank(x, (3,), self.name, "[B, T, D]")
         if isinstance(x.shape[1], int) and x.shape[1] > a.num:
-            raise ShapeError(f"pos_embedding: {x.shape[1]} positions exceed num={a.num}")
+            raise ShapeError(
+                f"pos_embedding: {x.shape[1]} positions exceed num={a.num}",
+                f"raise num to at least {x.shape[1]}",
+            )
         return [x]
 
     def params(self, a, ins):
         return {
             "weight": Param((a.num, concrete(ins[0].shape[2], "pos_embedding dim")), init="normal")
         }
+
+    def cost(self, a, ins, outs, params, size):
+        # Only the first T rows of the table are read.
+        rows = TensorType(ins[0].shape[1:], params["weight"].dtype)
+        return replace(super().cost(a, ins, outs, params, size), weights=size(rows))
 
     def module(self, a, ins, lit):
         return f"PositionalEmbedding({lit(a.num, 'num_positions')}, {lit(ins[0].shape[2], 'dim')})"
@@ -172,6 +245,9 @@ class ClsToken(Op):
     name = "cls_token"
     doc = "Prepends a learned class token: [B, N, D] -> [B, N + 1, D]."
     layer = "ClassToken"
+    kind = "copy"
+    elem_flops = 0
+    saves = "none"
 
     def infer(self, a, ins):
         (x,) = ins
@@ -218,6 +294,8 @@ class StochasticDepth(Op):
     doc = "Drops a residual branch per sample during training (DropPath); identity in eval."
     Attrs = StochasticDepthAttrs
     layer = "DropPath"
+    kind = "view"  # identity at inference
+    train_copy = True  # x * mask / keep, which keeps x
 
     def infer(self, a, ins):
         return [ins[0]]
@@ -231,6 +309,8 @@ class SpectralMixing(Op):
     name = "spectral_mixing"
     doc = "FNet token mixing: real part of the 2-D FFT over sequence and hidden dims of [B, T, D]."
     layer = "SpectralMixing"
+    kind = "fft"
+    saves = "none"  # linear: backward needs no activations
 
     def infer(self, a, ins):
         (x,) = ins
@@ -242,6 +322,11 @@ class SpectralMixing(Op):
         # An FFT of n points costs about n*log2(n) complex multiply-adds per transform.
         b, t, d = ins[0].shape
         return norm(b * t * d * (sympy.ceiling(sympy.log(t, 2)) + sympy.ceiling(sympy.log(d, 2))))
+
+    def cost(self, a, ins, outs, params, size):
+        # fft2 writes a complex tensor (twice the bytes); the output is a view of its real part.
+        base = super().cost(a, ins, outs, params, size)
+        return replace(base, written=norm(2 * base.written), scratch=base.written)
 
     def module(self, a, ins, lit):
         return "SpectralMixing()"
