@@ -1,1 +1,1 @@
-"""Read-only questions about a graph (parameters, MACs). Never mutates the graph."""
+"""Read-only questions about a graph: counts, roofline cost, memory, reports. Never mutates it."""
