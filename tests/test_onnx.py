@@ -149,6 +149,20 @@ def test_stochastic_depth_and_several_outputs(tmp_path):
     }
 
 
+def test_output_named_like_an_inner_value(tmp_path):
+    # The output is the last `relu` of a repeated block; torch names the first one `relu` too.
+    doc = {
+        "nlc": 1,
+        "name": "stack",
+        "inputs": {"x": {"shape": ["B", 8]}},
+        "blocks": {"layer": {"graph": [{"op": "linear", "name": "fc", "out": 8}, "relu"]}},
+        "graph": [{"op": "layer", "name": "body", "repeat": 2}],
+    }
+    graph, out = _build(tmp_path, _spec_file(tmp_path, doc))
+    _check_artifact(graph, out)
+    assert [o.name for o in onnx.load(out / "model.onnx").graph.output] == ["relu"]
+
+
 def test_position_tables_limit_the_sequence_dim(tmp_path):
     """T + 1 positions (a class token) in a table of 10: T is at most 9, verified at 8 and 9."""
     doc = {

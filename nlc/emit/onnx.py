@@ -237,7 +237,25 @@ def _save(program, path: Path, info: dict[str, Any]) -> None:
     for node in model.graph.all_nodes():
         for key in [k for k in node.metadata_props if k not in KEPT_NODE_METADATA]:
             del node.metadata_props[key]
+    _unclash_outputs(model.graph)
     program.save(path)
+
+
+def _unclash_outputs(graph) -> None:
+    """Rename inner values that carry a graph output's name. The exporter names values after
+    torch.export's nodes (`relu`, `relu_1`, ...), so an output called `relu` (the last node of
+    a repeated block) would otherwise appear twice, which ONNX forbids."""
+    outputs = {id(v) for v in graph.outputs}
+    taken = {v.name for node in graph.all_nodes() for v in node.outputs}
+    for node in graph.all_nodes():
+        for value in node.outputs:
+            if id(value) in outputs or value.name not in {o.name for o in graph.outputs}:
+                continue
+            i = 1
+            while f"{value.name}_inner{i}" in taken:
+                i += 1
+            value.name = f"{value.name}_inner{i}"
+            taken.add(value.name)
 
 
 def _check(path: Path) -> None:

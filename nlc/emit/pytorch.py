@@ -326,6 +326,23 @@ class _Names:
                 self.remaining[v] = self.remaining.get(v, 0) + 1
         for v in outputs:
             self.remaining[v] = self.remaining.get(v, 0) + 1
+        # Variable name -> how many of its values are still to be read, kept up to date so
+        # that each step costs O(1) rather than a scan of every value of the body.
+        self.live: dict[str, int] = {}
+        for v, name in self.var.items():
+            self._hold(v, name)
+
+    def _hold(self, v: Value, name: str) -> None:
+        if self.remaining.get(v, 0) > 0:
+            self.live[name] = self.live.get(name, 0) + 1
+
+    def _release(self, v: Value) -> None:
+        self.remaining[v] -= 1
+        if self.remaining[v] == 0 and v in self.var:
+            name = self.var[v]
+            self.live[name] -= 1
+            if not self.live[name]:
+                del self.live[name]
 
     def of(self, value: Value) -> str:
         if value not in self.var:
@@ -334,8 +351,8 @@ class _Names:
 
     def assign(self, consumes: list[Value], produces: list[Value]) -> list[str]:
         for v in consumes:
-            self.remaining[v] -= 1
-        live = {self.var[v] for v, n in self.remaining.items() if n > 0 and v in self.var}
+            self._release(v)
+        live = self.live
         names = []
         if (
             len(produces) == 1
@@ -346,9 +363,10 @@ class _Names:
             names.append(self.var[consumes[0]])
         else:
             for _ in produces:
-                names.append(_fresh(live | set(names)))
+                names.append(_fresh(live.keys() | set(names)))
         for v, name in zip(produces, names, strict=True):
             self.var[v] = name
+            self._hold(v, name)
         return names
 
 

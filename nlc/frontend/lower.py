@@ -37,6 +37,7 @@ class _Scope:
         self.values: dict[str, list[Value]] = {}
         self.locs: dict[str, SourceLoc | None] = {}  # where each name is defined
         self.later: dict[str, SourceLoc | None] = {}  # names of the items not lowered yet
+        self.next_suffix: dict[str, int] = {}  # base -> first suffix auto_name may still use
 
     def claim(self, local: str, loc: SourceLoc | None) -> None:
         """Reserve a name before its item is lowered, so a duplicate is reported at the item."""
@@ -57,9 +58,12 @@ class _Scope:
     def auto_name(self, base: str) -> str:
         if base not in self.locs:
             return base
-        i = 1
+        # Names are never released, so the search resumes where the last one for `base`
+        # ended: N bare `relu` items cost O(N), not O(N^2).
+        i = self.next_suffix.get(base, 1)
         while f"{base}_{i}" in self.locs:
             i += 1
+        self.next_suffix[base] = i
         return f"{base}_{i}"
 
     def lookup(self, ref: Any, loc: SourceLoc | None) -> Value:
