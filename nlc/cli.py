@@ -16,8 +16,9 @@ from nlc.errors import NlcError, did_you_mean
 
 app = typer.Typer(
     name="nlc",
-    help="nlc, the NeuralLayers compiler: describe a network once in a YAML spec, then check its "
-    "shapes and cost, print its IR, or build a standalone PyTorch package from it.",
+    help="nlc, the NeuralLayers compiler: describe a network once in a spec (YAML or the .nlc "
+    "DSL), then check its shapes and cost, print its IR, or build a standalone PyTorch package "
+    "from it.",
     epilog="Try: nlc check examples/cnn_digits.yaml, then nlc build examples/cnn_digits.yaml "
     "-o build/cnn_digits. Run nlc COMMAND --help for the options of a command.",
     no_args_is_help=True,
@@ -28,7 +29,7 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 SpecArg = Annotated[
-    Path, typer.Argument(metavar="SPEC", help="Spec file (.yaml).", show_default=False)
+    Path, typer.Argument(metavar="SPEC", help="Spec file (.yaml or .nlc).", show_default=False)
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -366,6 +367,58 @@ def ir(spec: SpecArg, set_: SetOpt = None) -> None:
         sys.stdout.write(format_graph(graph))
 
     _run(go)
+
+
+@app.command()
+def fmt(
+    spec: SpecArg,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 if SPEC is not formatted.")
+    ] = False,
+) -> None:
+    """Rewrite SPEC (.nlc or .yaml) in its canonical layout, comments kept."""
+
+    def go():
+        from nlc.frontend.fmt import format_file
+
+        changed = format_file(spec, write=not check)
+        if check and changed:
+            err.print(f"{spec} is not formatted; run: nlc fmt {spec}", markup=False)
+            raise typer.Exit(1)
+        out.print(f"{'formatted' if changed else 'already formatted:'} {spec}", markup=False)
+
+    _run(go)
+
+
+@app.command()
+def convert(
+    source: SpecArg,
+    target: Annotated[
+        Path,
+        typer.Argument(
+            metavar="TARGET",
+            help="File to write: .nlc for the DSL, .yaml for YAML (replaced if it exists).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Write the spec SOURCE to TARGET in the other form (.yaml <-> .nlc), comments kept."""
+
+    def go():
+        from nlc.frontend.fmt import convert_file
+
+        convert_file(source, target)
+        out.print(f"wrote {target}", markup=False)
+
+    _run(go)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of YAML specs (editor completion: see spec/README.md)."""
+    from nlc.frontend.reference import schema_text
+
+    sys.stdout.write(schema_text())
 
 
 @app.command()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nlc.errors import NlcError, did_you_mean
 from nlc.frontend.ast import _Spec
-from nlc.frontend.load import _validate
+from nlc.frontend.load import validate
 from nlc.frontend.yaml_source import load_yaml
 from nlc.ops.base import OpClass
 from nlc.resources import data_dir
@@ -51,12 +51,35 @@ class Target(_Spec):
     memory_gib: float = Field(gt=0, description="memory capacity, GiB")
     reserved_gib: float = Field(ge=0, description="memory tensors cannot use (driver, runtime)")
     cache_mib: float = Field(gt=0, description="last-level cache, MiB")
+    cache_bandwidth_gbs: float | None = Field(
+        default=None, gt=0, description="last-level cache bandwidth, 10^9 bytes/s (None: free)"
+    )
+    memory_efficiency: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="fraction of the bandwidths memory-bound kernels reach (None: per op class,"
+        " the class's efficiency)",
+    )
     launch_overhead_us: float = Field(ge=0, description="per kernel launch, microseconds")
+    overlap: float = Field(
+        default=1, ge=0, le=1, description="compute hiding memory traffic: 1 full, 0 none"
+    )
+    call_overhead_us: float = Field(default=0, ge=0, description="per forward pass, microseconds")
+    node_overhead_us: dict[str, float] = Field(
+        default_factory=dict,
+        description="per node of an op class, on top of its launches: the glue a runtime runs"
+        " around a composite op (onnxruntime runs attention as dozens of small nodes)",
+    )
     dtypes: list[TargetDtype] = Field(min_length=1, description="dtypes it computes natively")
     efficiency: dict[str, float] = Field(
         description="per op class, the fraction of its roofline bound that kernels reach"
     )
     calibrated: bool = Field(default=False, description="efficiencies fitted to measurements")
+    runtime: Literal["pytorch", "onnxruntime"] = Field(
+        default="pytorch", description="what runs the model: eager PyTorch or onnxruntime"
+    )
+    threads: int | None = Field(default=None, gt=0, description="CPU threads (None: all)")
 
     def peak_flops(self, dtype: str, op_class: str) -> float:
         """FLOP/s of `op_class` in `dtype`: matrix-unit classes use the `*_tensor` rate where the
@@ -114,7 +137,7 @@ def load_target(name_or_path: str | Path) -> Target:
             pos.value(()),
             "a target file maps figures to values, e.g. `kind: gpu`; see targets/rx580.yaml",
         )
-    target = _validate(Target, data, pos)
+    target = validate(Target, data, pos)
     target.name = target.name or path.stem
     _check_dtypes(target)
     _check_efficiency(target)
@@ -142,7 +165,14 @@ def _check_dtypes(t: Target) -> None:
 
 
 def _check_efficiency(t: Target) -> None:
-    """One factor in (0, 1] per op class."""
+    """One factor in (0, 1] per op class; node overheads only for op classes."""
+    for key in t.node_overhead_us:
+        if key not in COSTED_CLASSES:
+            raise NlcError(
+                f"node_overhead_us: unknown op class {key!r}",
+                t.key_at("node_overhead_us", key),
+                did_you_mean(key, COSTED_CLASSES) or f"op classes: {', '.join(COSTED_CLASSES)}",
+            )
     for key, value in t.efficiency.items():
         if key not in COSTED_CLASSES:
             raise NlcError(

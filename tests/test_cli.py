@@ -28,7 +28,7 @@ def test_help_introduces_the_commands():
     result = _nlc("--help")
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
-    assert "NeuralLayers compiler" in text and "YAML spec" in text
+    assert "NeuralLayers compiler" in text and "YAML or the .nlc DSL" in text
     for command in ("build", "check", "ir", "ops"):
         assert f" {command} " in text
     assert "Try: nlc check examples/cnn_digits.yaml" in text
@@ -95,7 +95,7 @@ def test_ops_lists_the_ops():
 
 def test_usage_mistakes_get_suggestions():
     command = _nlc("chek", EXAMPLE)
-    assert command.exit_code == 2 and "Did you mean 'check'?" in command.stderr
+    assert command.exit_code == 2 and "Did you mean 'check'" in command.stderr
     option = _nlc("check", EXAMPLE, "--sett", "width=3")
     assert option.exit_code == 2 and "Possible options: --set" in option.stderr
 

@@ -78,7 +78,7 @@ def test_corpus(path: Path, monkeypatch):
     ("args", "message", "hint"),
     [
         (["check", "missing.yaml"], "spec file missing.yaml does not exist", "check the path"),
-        (["check", "."], ". is a folder, not a spec file", "pass a .yaml file"),
+        (["check", "."], ". is a folder, not a spec file", "pass a .nlc or .yaml file"),
         (["check", str(EXAMPLE), "--set", "width"], "is not of the form name=value", "--set"),
         (["check", str(EXAMPLE), "--set", "=3"], "is not of the form name=value", "--set"),
         (["check", str(EXAMPLE), "--set", "width=[1, 2]"], "must be a number", "--set width"),

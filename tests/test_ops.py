@@ -24,7 +24,11 @@ def _out(graph) -> str:
         ("[2, 12]", "{op: reshape, shape: [0, -1, 3]}", "f32[2,4,3]"),
         ("[B, 12]", "{op: reshape, shape: [0, 3, -1]}", "f32[B,3,4]"),
         ("[B, 3, 9, 9]", "{op: conv2d, out: 4, kernel: 3, padding: [1, 0]}", "f32[B,4,9,7]"),
-        ("[B, 3, H, W]", "{op: conv2d, out: 4, kernel: 3, stride: 2}", "f32[B,4,floor(H/2-3/2)+1,floor(W/2-3/2)+1]"),
+        (
+            "[B, 3, H, W]",
+            "{op: conv2d, out: 4, kernel: 3, stride: 2}",
+            "f32[B,4,floor(H/2-3/2)+1,floor(W/2-3/2)+1]",
+        ),
         ("[B, 8, 4]", "{op: groupnorm, groups: 4}", "f32[B,8,4]"),
         ("[B, T, 16]", "{op: attention, heads: 4, kv_heads: 2, rope: true}", "f32[B,T,16]"),
     ],

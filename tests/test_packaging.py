@@ -33,6 +33,8 @@ def test_wheel_ships_data_and_builds_from_another_directory(tmp_path):
         "nlc/_data/templates/package/model.py.j2",
         "nlc/_data/templates/layers/Attention.py",
         "nlc/_data/spec/README.md",
+        "nlc/_data/spec/nlc.lark",
+        "nlc/_data/targets/rx580.yaml",
     ):
         assert data in names
     site = tmp_path / "site"
@@ -41,7 +43,7 @@ def test_wheel_ships_data_and_builds_from_another_directory(tmp_path):
     elsewhere.mkdir()
     out = _python(
         "import nlc, sys; print(nlc.__file__); "
-        f"nlc.build({str(ROOT / 'examples/gpt2_small.yaml')!r}, 'pkg', onnx=False)",
+        f"nlc.build({str(ROOT / 'examples/gpt2_small.nlc')!r}, 'pkg', onnx=False)",
         elsewhere,
         site,
     )

@@ -17,6 +17,7 @@ from nlc.emit.pytorch import emit
 from nlc.emit.render import format_python, render
 from nlc.errors import NlcError
 from nlc.frontend.load import Spec
+from nlc.frontend.yaml_source import parse_yaml
 from nlc.ir import Graph
 from nlc.resources import data_dir
 
@@ -24,8 +25,12 @@ from nlc.resources import data_dir
 def package_files(graph: Graph, spec: Spec) -> dict[str, str]:
     """Relative path -> text of every file of the package (deterministic)."""
     name = graph.name
-    emission = emit(graph)
-    ctx = {"name": name, "version": __version__, "spec_file": spec.path.name}
+    spec_text = yaml.safe_dump(spec.data, sort_keys=False, allow_unicode=True)
+    # Class comments quote the resolved spec.yaml shipped in the package, so a spec written in
+    # YAML and the same spec in the DSL give byte-identical packages.
+    _, pos = parse_yaml(spec_text, "spec.yaml")
+    emission = emit(graph, {b: pos.key(("blocks", b)).line for b in spec.data.get("blocks", {})})
+    ctx = {"name": name, "version": __version__}
     model = render(
         "package/model.py.j2",
         classes=emission.classes,
@@ -33,7 +38,6 @@ def package_files(graph: Graph, spec: Spec) -> dict[str, str]:
         functional=emission.needs_functional,
         **ctx,
     )
-    spec_text = yaml.safe_dump(spec.data, sort_keys=False, allow_unicode=True)
     info = {
         "nlc_version": __version__,
         "spec_sha256": hashlib.sha256(spec_text.encode()).hexdigest(),

@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nlc.emit.tree import Group, Instance, build_tree
@@ -59,8 +58,10 @@ class _Body:
     defaults: dict[int, Any] = field(default_factory=dict)  # hole -> default of an optional kwarg
 
 
-def emit(graph: Graph) -> Emission:
-    return _Emitter(graph).run()
+def emit(graph: Graph, block_lines: dict[str, int] | None = None) -> Emission:
+    """Classes and statements for `graph`; `block_lines` gives each block's line in the
+    package's resolved `spec.yaml`, quoted in the comment above its class."""
+    return _Emitter(graph, block_lines or {}).run()
 
 
 def camel(name: str) -> str:
@@ -80,8 +81,9 @@ def attr_path(qualified: str) -> str:
 
 
 class _Emitter:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, block_lines: dict[str, int]):
         self.graph = graph
+        self.block_lines = block_lines
         self.users = graph.users()
         self.layers: set[str] = set()
         self.functional = False
@@ -180,8 +182,8 @@ class _Emitter:
         order = list(params[0])
         args.sort(key=lambda a: order.index(a[0]) if a[0] in order else len(order))
         fill = _fill(first, lambda i, v: arg_of.get(i) or _literal(v), keep=arg_of)
-        frame = members[0][0].frame
-        where = f" ({Path(frame.loc.file).name}:{frame.loc.line})" if frame.loc else ""
+        line = self.block_lines.get(block)
+        where = f" (spec.yaml:{line})" if line else ""
         self.classes.append(
             ClassDef(
                 name,

@@ -1,4 +1,4 @@
-"""Load a spec file: YAML to validated AST, includes merged, locations attached."""
+"""Load a spec file (YAML, or the DSL if `.nlc`): validated AST, includes merged, locations."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from nlc.errors import NlcError, did_you_mean
 from nlc.frontend.ast import BlockSpec, IncludeSpec, ModelSpec, fits
+from nlc.frontend.dsl import load_dsl
 from nlc.frontend.expr import is_expr
 from nlc.frontend.yaml_source import Positions, load_yaml
 
@@ -28,8 +29,8 @@ class Spec:
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     path = Path(path)
-    data, pos = load_yaml(path, str(path))
-    spec = _validate(ModelSpec, data, pos)
+    data, pos = load_document(path, str(path))
+    spec = validate(ModelSpec, data, pos)
     blocks = dict(spec.blocks)
     _merge_includes(spec, path, [(path.resolve(), str(path))], set(), blocks)
     spec.blocks = blocks
@@ -46,6 +47,12 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     if not resolved["blocks"]:
         resolved.pop("blocks")
     return Spec(spec, path, resolved)
+
+
+def load_document(path: Path, display: str) -> tuple[Any, Positions]:
+    """The plain document of a spec file and its positions: `.nlc` files are in the DSL, any
+    other is YAML."""
+    return load_dsl(path, display) if path.suffix == ".nlc" else load_yaml(path, display)
 
 
 def _dump_nodes(nodes: list[dict[str, Any]]) -> list[Any]:
@@ -103,7 +110,7 @@ def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, An
 _KINDS = {int: "an int", float: "a float", bool: "true or false", str: "text"}
 
 
-def _validate(model: type[BaseModel], data: Any, pos: Positions):
+def validate(model: type[BaseModel], data: Any, pos: Positions):
     """Validate a loaded document against `model` and give its items their positions."""
     if not isinstance(data, dict):
         what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
@@ -273,8 +280,8 @@ def _merge_includes(
                 f"include paths are relative to the including file: looked for {display}",
             )
         seen.add(target)
-        data, pos = load_yaml(target, display)
-        inc = _validate(IncludeSpec, data, pos)
+        data, pos = load_document(target, display)
+        inc = validate(IncludeSpec, data, pos)
         for name, block in inc.blocks.items():
             if name in blocks:
                 raise NlcError(

@@ -36,12 +36,12 @@ def _loc(file: str, node: yaml.Node) -> SourceLoc:
     return SourceLoc(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def load_yaml(path: Path, display: str) -> tuple[Any, Positions]:
-    """Parse `path` with the safe loader; `display` is the file name used in messages."""
+def read_source(path: Path, display: str) -> str:
+    """The text of a spec file (either form); the failures a person can fix are NlcErrors."""
     if path.is_dir():
-        raise NlcError(f"{display} is a folder, not a spec file", None, "pass a .yaml file")
+        raise NlcError(f"{display} is a folder, not a spec file", None, "pass a .nlc or .yaml file")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except FileNotFoundError:
         raise NlcError(f"spec file {display} does not exist", None, "check the path") from None
     except UnicodeDecodeError:
@@ -50,6 +50,15 @@ def load_yaml(path: Path, display: str) -> tuple[Any, Positions]:
         raise NlcError(
             f"cannot read {display}: {e.strerror}", None, "check the file's permissions"
         ) from None
+
+
+def load_yaml(path: Path, display: str) -> tuple[Any, Positions]:
+    """Parse `path` with the safe loader; `display` is the file name used in messages."""
+    return parse_yaml(read_source(path, display), display)
+
+
+def parse_yaml(text: str, display: str) -> tuple[Any, Positions]:
+    """Parse YAML text with the safe loader, recording the position of every key and value."""
     loader = yaml.SafeLoader(text)
     pos = Positions(display)
     try:
