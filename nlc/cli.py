@@ -357,6 +357,80 @@ def targets() -> None:
 
 
 @app.command()
+def calibrate(
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="NAME|FILE",
+            help="Target to fit: a built-in name (see `nlc targets`) or a target .yaml file; "
+            "its peaks, capacities and cache size are kept.",
+        ),
+    ] = "cpu",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Target file to write (default: <target>-calibrated.yaml here); the file name "
+            "is the target's name.",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            metavar="N",
+            help="Threads the runtime uses, here and in the models the target then describes "
+            "(default: all cores).",
+            show_default=False,
+        ),
+    ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            metavar="onnxruntime|pytorch",
+            help="What runs the micro-benchmarks: onnxruntime (as model.onnx runs) or eager "
+            "PyTorch.",
+        ),
+    ] = "onnxruntime",
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget",
+            min=1,
+            metavar="SECONDS",
+            help="Seconds of timing in all; building the micro-benchmarks adds about 25 s.",
+        ),
+    ] = 40.0,
+) -> None:
+    """Time micro-benchmarks on this machine, fit a target's efficiencies, bandwidths and
+    overheads to them, and write the calibrated target file (about a minute)."""
+
+    def go():
+        from nlc.calibrate import calibrate as fit_target
+
+        path = output or Path(f"{Path(target).stem}-calibrated.yaml")
+        with err.status("calibrating: building the micro-benchmarks") as status:
+            fitted = fit_target(target, path, budget, threads, runtime, log=status.update)
+        eff = ", ".join(f"{c} {e:.3g}" for c, e in fitted.efficiency.items())
+        out.print(
+            f"wrote [bold]{path}[/] ({fitted.runtime}, {fitted.threads or 'all'} thread(s)): "
+            f"memory {fitted.memory_bandwidth_gbs:.3g} GB/s, cache "
+            f"{fitted.cache_bandwidth_gbs:.3g} GB/s, launch {fitted.launch_overhead_us:.3g} us, "
+            f"call {fitted.call_overhead_us:.3g} us, overlap {fitted.overlap:.2f}; "
+            f"efficiencies: {eff}"
+        )
+
+    _run(go)
+
+
+@app.command()
 def ir(spec: SpecArg, set_: SetOpt = None) -> None:
     """Print the IR of SPEC, one line per node."""
 

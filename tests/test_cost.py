@@ -220,7 +220,9 @@ def test_big_matmul_is_compute_bound_and_elementwise_memory_bound(tmp_path):
     )
     nodes = analyze(graph, RX580, {"B": 4096}).nodes
     for n in nodes:  # the recorded figures are all a calibration needs to re-time a node
-        assert n.time == node_time(RX580, n.dtype, n.op_class, n.work, n.dram_bytes, n.launches)
+        assert n.time == node_time(
+            RX580, n.dtype, n.op_class, n.work, n.dram_bytes, n.cached_bytes, n.launches
+        )
     fc, relu, flatten = nodes
     assert fc.time.bound == "compute" and fc.op_class == "matmul"
     assert fc.macs == 4096**3 and fc.intensity > 100
@@ -236,18 +238,92 @@ def test_big_matmul_is_compute_bound_and_elementwise_memory_bound(tmp_path):
     ]
 
 
-def test_the_cache_serves_fresh_inputs_and_the_weights_of_small_models(tmp_path):
+def test_the_cache_serves_small_models_and_fresh_inputs(tmp_path):
     graph = _graph(tmp_path, {"x": {"shape": ["B", 1024]}}, ["relu", "sigmoid"])
-    small, big = (analyze(graph, RX580, {"B": b}).nodes[1] for b in (1, 4096))
-    assert small.cached_bytes == small.read_bytes == 4096
-    assert big.cached_bytes == 0  # 16 MiB does not fit in the 2 MiB L2
+    small, fresh, big = (analyze(graph, RX580, {"B": b}).nodes[1] for b in (1, 384, 4096))
+    # Everything fits in the 2 MiB L2: it serves the reads and the writes.
+    assert small.cached_bytes == small.read_bytes + small.written_bytes == 8192
+    assert small.dram_bytes == 0
+    # 1.5 MiB tensors: two do not fit, but the input the relu just wrote does.
+    assert fresh.cached_bytes == fresh.read_bytes == 384 * 4096
+    assert big.cached_bytes == 0  # 16 MiB does not fit
     # 1 MiB of weights: read from the cache between passes only while everything fits.
     graph = _graph(
         tmp_path, {"x": {"shape": ["B", 512]}}, [{"op": "linear", "out": 512, "bias": False}]
     )
     resident, evicted = (analyze(graph, RX580, {"B": b}).nodes[0] for b in (1, 1024))
-    assert resident.cached_bytes == resident.weight_bytes == 2**20
+    assert resident.cached_bytes == resident.weight_bytes + 2 * 512 * 4
     assert evicted.cached_bytes == 0
+
+
+def test_cache_bandwidth_overlap_and_overheads(tmp_path):
+    graph = _graph(tmp_path, {"x": {"shape": ["B", 1024]}}, ["relu", "sigmoid"])
+    cpu = RX580.model_copy(
+        update={
+            "cache_bandwidth_gbs": 1000.0,
+            "memory_efficiency": 0.5,
+            "overlap": 0.25,
+            "call_overhead_us": 7.0,
+            "node_overhead_us": {"elementwise": 2.0},
+        }
+    )
+    cost = analyze(graph, cpu, {"B": 384})
+    relu, sigmoid = cost.nodes
+    assert sigmoid.time.memory == pytest.approx(
+        (384 * 4096 / 1000e9 + 384 * 4096 / 256e9) / 0.5
+    )  # its input from the cache, its output to memory
+    assert sigmoid.time.overhead == pytest.approx((10 + 2) * 1e-6)
+    shorter, longer = sorted((sigmoid.time.compute, sigmoid.time.memory))
+    assert sigmoid.time.total == pytest.approx(12e-6 + longer + 0.75 * shorter)
+    assert cost.latency == pytest.approx(7e-6 + relu.time.total + sigmoid.time.total)
+    # Without a cache bandwidth the cache is free, and the op class's efficiency applies.
+    assert analyze(graph, RX580, {"B": 384}).nodes[1].time.memory == pytest.approx(
+        384 * 4096 / (256e9 * 0.75)
+    )
+
+
+def _conv_bn(name: str, act: str | None = None, **more) -> list:
+    conv = {"op": "conv2d", "name": f"{name}_conv", "out": 8, "kernel": 3, "padding": 1}
+    return [{**conv, **more}, {"op": "batchnorm2d", "name": f"{name}_bn"}, *([act] if act else [])]
+
+
+def test_onnxruntime_fuses_epilogues_into_convolutions_and_gemms(tmp_path):
+    graph = _graph(
+        tmp_path,
+        {"x": {"shape": ["B", 8, 6, 6]}},
+        [
+            *_conv_bn("a", "relu"),  # all fused
+            *_conv_bn("b"),
+            {"op": "add", "name": "sum", "in": ["relu", "b_bn"]},  # a residual: fused
+            {"op": "relu6", "name": "act"},  # fused after the add
+            *_conv_bn("c", "hardswish"),
+            {"op": "add", "name": "late", "in": ["act", "hardswish"]},  # after an activation
+            *_conv_bn("d", **{"in": "late"}),
+            {"op": "add", "name": "twice", "in": ["d_bn", "d_bn"]},  # d_bn read twice
+            *_conv_bn("e", **{"in": "x"}),
+            {"op": "add", "name": "outside", "in": ["e_bn", "x"]},  # x comes from no conv
+            {"op": "add", "name": "merge", "in": ["twice", "outside"]},
+            "global_avgpool",
+            {"op": "linear", "name": "fc", "out": 4},
+            "relu",
+            {"op": "linear", "name": "head", "out": 4},
+            "gelu",  # no fused GELU after a Gemm
+            {"op": "reshape", "shape": [-1, 2, 2], "name": "rows"},
+            {"op": "linear", "name": "matmul", "out": 4},
+            {"op": "relu", "name": "after_matmul"},  # a 3-D linear is no Gemm
+        ],
+    )
+    ort = RX580.model_copy(update={"runtime": "onnxruntime"})
+    nodes = {n.name: n for n in analyze(graph, ort, {"B": 2}).nodes}
+    fused = {k for k, n in nodes.items() if n.launches == 0 and n.op != "reshape"}
+    assert fused == {
+        "a_bn", "relu", "b_bn", "sum", "act", "c_bn", "hardswish", "d_bn", "e_bn", "relu_1"
+    }  # fmt: skip
+    # The residual add reads the shortcut, and writes nothing: the conv writes the sum.
+    assert nodes["sum"].read_bytes == 2 * 8 * 36 * 4 and nodes["sum"].written_bytes == 0
+    assert nodes["sum"].time.overhead == 0
+    eager = analyze(graph, RX580, {"B": 2}).nodes  # eager PyTorch fuses nothing
+    assert all(n.launches for n in eager if n.op != "reshape")
 
 
 def test_half_precision_halves_the_bytes_and_needs_support(tmp_path):

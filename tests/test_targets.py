@@ -35,7 +35,12 @@ def test_cpu_peaks_are_derived_from_the_core_count_and_clock():
     assert t.peak_tflops.f32 == pytest.approx(cores * ghz * fma_units * lanes * 2 / 1e3, rel=1e-3)
     assert t.peak_tflops.bf16_tensor == pytest.approx(2 * t.peak_tflops.f32)
     assert t.peak_tflops.i8_tensor == pytest.approx(4 * t.peak_tflops.f32)
-    assert t.dtypes == ["f32", "bf16", "i8"] and not t.calibrated
+    assert (
+        t.dtypes == ["f32", "bf16", "i8"]
+        and t.calibrated
+        and t.runtime == "onnxruntime"
+        and t.threads == 1
+    )
     assert t.cache_mib == 32
 
 

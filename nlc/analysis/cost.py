@@ -4,16 +4,21 @@ latency, throughput, memory, and the largest batch that fits.
 The time of one node is a simple function of the target's figures, the one a calibration
 step fits (`node_time`):
 
-    time = launches * launch_overhead
-         + max(sum over op classes c: flops_c / (peak(dtype, c) * efficiency[c]),
-               dram_bytes / (bandwidth * efficiency[k]))
+    compute = sum over op classes c: flops_c / (peak(dtype, c) * efficiency[c])
+    memory = (dram_bytes / bandwidth + cached_bytes / cache_bandwidth) / memory_efficiency
+    time = launches * launch_overhead + node_overhead[k] + max(compute, memory)
+         + (1 - overlap) * min(compute, memory)
 
-with k the node's op class (`Op.op_class`) and dram_bytes the parameter bytes plus the
-activation bytes read and written (`Op.cost`), less what the last-level cache serves: the
-inputs the previous kernel wrote, when they fit in it, and the weights, when the whole
-inference footprint (weights and peak activations) fits, as it does for back-to-back passes.
-Views cost nothing. Nodes run one after another, as in eager PyTorch, so the latency is the
-sum of the node times.
+with k the node's op class (`Op.op_class`). The target gives memory_efficiency, or else it
+is efficiency[k]; cached bytes are free unless it gives a cache bandwidth; overlap is 1 (the
+roofline) unless it says how much of the smaller term a core fails to hide. The bytes are the
+parameter bytes plus the activation bytes read and written (`Op.cost`); the last-level cache
+serves all of them when the whole inference footprint (weights and peak activations) fits in
+it, as it does for back-to-back passes, and otherwise the inputs the previous kernel wrote,
+when they fit in it. Views cost nothing. A node the target's runtime fuses into the kernel
+before it (`nlc.analysis.fusion`) launches nothing, writes nothing, reads only the inputs
+that kernel does not hand it, and computes at that kernel's rate. Nodes run one after
+another, so the latency is the target's per-call overhead plus the sum of the node times.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nlc.analysis.counts import node_counts
+from nlc.analysis.fusion import epilogues
 from nlc.analysis.memory import Memory, inference_memory, largest_batch, training_memory
 from nlc.analysis.plan import Plan, evaluator, running_dtype
 from nlc.errors import NlcError, did_you_mean
 from nlc.ir import Graph, Value
-from nlc.ir.types import FLOAT_DTYPES
+from nlc.ir.types import FLOAT_DTYPES, norm
 from nlc.ops import REGISTRY
+from nlc.ops.base import OpCost
 from nlc.targets import Target
 
 BATCH = "B"  # the symbolic dim that is the batch size
@@ -36,16 +43,18 @@ RUN_DTYPES = ("f32", "f16", "bf16")
 
 @dataclass(frozen=True)
 class Time:
-    """Seconds of one node: the compute and memory rooflines (it takes the larger) and the
-    kernel-launch overhead on top."""
+    """Seconds of one node: the compute and memory rooflines, of which it takes the larger
+    plus the part of the smaller that does not overlap it, and the launch overhead on top."""
 
     compute: float
     memory: float
     overhead: float
+    overlap: float = 1.0  # the target's: 1 is the roofline's max, 0 the sum
 
     @property
     def total(self) -> float:
-        return self.overhead + max(self.compute, self.memory)
+        shorter = (1 - self.overlap) * min(self.compute, self.memory)
+        return self.overhead + max(self.compute, self.memory) + shorter
 
     @property
     def bound(self) -> str:
@@ -63,22 +72,29 @@ def node_time(
     op_class: str,
     flops: dict[str, int],
     dram_bytes: int,
+    cached_bytes: int,
     launches: int,
 ) -> Time:
     """The per-node time formula of this module's docstring."""
     compute = sum(
         f / (target.peak_flops(dtype, c) * target.efficiency[c]) for c, f in flops.items() if f
     )
-    memory = 0.0
-    if dram_bytes:
-        memory = dram_bytes / (target.memory_bandwidth_gbs * 1e9 * target.efficiency[op_class])
-    return Time(compute, memory, launches * target.launch_overhead_us * 1e-6)
+    memory = dram_bytes / (target.memory_bandwidth_gbs * 1e9)
+    if target.cache_bandwidth_gbs:
+        memory += cached_bytes / (target.cache_bandwidth_gbs * 1e9)
+    if memory:  # a view moves nothing, and has no efficiency
+        memory /= target.memory_efficiency or target.efficiency[op_class]
+    overhead = launches * target.launch_overhead_us
+    if launches:
+        overhead += target.node_overhead_us.get(op_class, 0.0)
+    return Time(compute, memory, overhead * 1e-6, target.overlap)
 
 
 @dataclass(frozen=True)
 class NodeCost:
-    """One node's cost; with `node_time(target, dtype, op_class, work, dram_bytes, launches)`
-    a calibration step can re-time it on candidate target figures without re-analysing."""
+    """One node's cost; with `node_time(target, dtype, op_class, work, dram_bytes,
+    cached_bytes, launches)` a calibration step re-times it on other target figures without
+    re-analysing (`retimed`)."""
 
     name: str
     op: str
@@ -90,7 +106,7 @@ class NodeCost:
     weight_bytes: int  # parameter bytes read
     read_bytes: int  # activation bytes read
     written_bytes: int  # activation bytes written
-    cached_bytes: int  # of the bytes read (weights included), those the cache serves
+    cached_bytes: int  # of the bytes moved (weights, reads, writes), those the cache serves
     launches: int
     time: Time
 
@@ -100,7 +116,7 @@ class NodeCost:
 
     @property
     def dram_bytes(self) -> int:
-        return self.weight_bytes + self.read_bytes - self.cached_bytes + self.written_bytes
+        return self.weight_bytes + self.read_bytes + self.written_bytes - self.cached_bytes
 
     @property
     def intensity(self) -> float | None:
@@ -133,7 +149,7 @@ class Cost:
     @property
     def latency(self) -> float:
         """Seconds of one forward pass."""
-        return sum(n.time.total for n in self.nodes)
+        return self.target.call_overhead_us * 1e-6 + sum(n.time.total for n in self.nodes)
 
     @property
     def train_step(self) -> float:
@@ -161,6 +177,18 @@ class Cost:
     def top(self, k: int = 5) -> list[NodeCost]:
         """The `k` slowest nodes: the bottlenecks."""
         return sorted(self.nodes, key=lambda n: n.time.total, reverse=True)[:k]
+
+
+def retimed(cost: Cost, target: Target) -> float:
+    """`cost.latency` with the figures of `target` (its cache size and runtime as in `cost`):
+    what a calibration compares with measured times."""
+    total = sum(
+        node_time(
+            target, n.dtype, n.op_class, n.work, n.dram_bytes, n.cached_bytes, n.launches
+        ).total
+        for n in cost.nodes
+    )
+    return target.call_overhead_us * 1e-6 + total
 
 
 def analyze(
@@ -211,6 +239,7 @@ def _node_costs(plan: Plan, target: Target, dims: dict[str, int]) -> list[NodeCo
     graph = plan.graph
     resident = inference_memory(plan, at).total <= target.cache_bytes
     counts = {c.node.name: c for c in node_counts(graph, dims)}
+    fused = epilogues(plan, target.runtime)
     rows = []
     hot: set[Value] = set()  # storage the previous kernel wrote
     for node in plan.live:
@@ -219,20 +248,30 @@ def _node_costs(plan: Plan, target: Target, dims: dict[str, int]) -> list[NodeCo
         op = REGISTRY[node.op]
         ins = graph.input_types(node)
         cost = plan.costs[node.name]
+        epilogue = fused.get(node.name)
+        handed = epilogue.handed if epilogue else frozenset()
+        if epilogue:  # the kernel before it computes it, hands it inputs and writes its output
+            read = sum(plan.size(t) for i, t in enumerate(ins) if i not in handed)
+            work = {epilogue.into: norm(sum(cost.flops.values()))}
+            cost = OpCost(work, norm(read), written=0, weights=0, launches=0)
         cached = 0
-        if cost.launches:  # a view reads nothing
+        if cost.launches or handed:  # a view reads nothing
             cached = sum(
                 at(plan.size(t))
-                for v, t in zip(node.inputs, ins, strict=True)
-                if plan.roots[v] in hot and at(plan.size(t)) <= target.cache_bytes
+                for i, (v, t) in enumerate(zip(node.inputs, ins, strict=True))
+                if i not in handed
+                and plan.roots[v] in hot
+                and at(plan.size(t)) <= target.cache_bytes
             )
-            hot = {plan.roots[Value(node.name, i)] for i in range(len(node.outputs))}
+            outs = {plan.roots[Value(node.name, i)] for i in range(len(node.outputs))}
+            hot = hot | outs if handed else outs
         flops = {c: at(f) for c, f in cost.flops.items()}
         op_class = op.op_class(node.attrs, ins)
         dtype = running_dtype(node.type.dtype, plan.dtype)
         read, written, weights = at(cost.read), at(cost.written), at(cost.weights)
-        cached += weights if resident else 0
-        dram = weights + read - cached + written
+        if resident:
+            cached = weights + read + written
+        dram = weights + read + written - cached
         rows.append(
             NodeCost(
                 name=node.name,
@@ -247,7 +286,7 @@ def _node_costs(plan: Plan, target: Target, dims: dict[str, int]) -> list[NodeCo
                 written_bytes=written,
                 cached_bytes=cached,
                 launches=cost.launches,
-                time=node_time(target, dtype, op_class, flops, dram, cost.launches),
+                time=node_time(target, dtype, op_class, flops, dram, cached, cost.launches),
             )
         )
     return rows

@@ -144,12 +144,17 @@ def _column(cost: Cost) -> str:
 def setting(cost: Cost) -> str:
     """What the figures assume, in one line."""
     dims = ", ".join(f"{k}={v}" for k, v in cost.dims.items()) or "no symbolic dims"
-    fitted = "calibrated" if cost.target.calibrated else "uncalibrated efficiencies"
+    t = cost.target
+    fitted = (
+        f"calibrated for {t.runtime}, {t.threads or 'all'} thread(s)"
+        if t.calibrated
+        else "uncalibrated efficiencies"
+    )
     target = f"{cost.target.name} ({cost.target.description})"
     return f"{cost.graph} on {target}, {dims}, {cost.dtype}, {fitted}"
 
 
-def targets_table(targets: list[Target]) -> Table:
+def targets_table(targets: list[Target]) -> tuple[list[str], list[list[str]]]:
     """Key figures of each target."""
     headers = [
         "target", "f32 TFLOP/s", "f16/bf16 TFLOP/s", "GB/s", "memory GiB", "cache MiB", "dtypes",
