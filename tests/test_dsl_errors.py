@@ -1,50 +1,24 @@
 """Broken `.nlc` files get one paragraph, `file:line:col: error: ...` and a hint, exit 2.
 
 The corpus in tests/dsl_errors/ declares what each file must produce in its first lines, as
-tests/errors/ does for YAML (`# expect: LINE:COL: text`, or `inc/x.nlc:LINE:COL: text` for a
-position in an included file, then an optional `# hint: text`). Fuzzing then checks that random
+tests/errors/ does for YAML, and tests/test_errors.py runs both. Here, fuzzing checks that random
 bytes, random token soups and random edits of the examples only ever give such errors.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_errors import _assert_user_error, _header, _nlc
 
 import nlc
 from nlc.errors import NlcError
 from nlc.frontend.fmt import read, render
 
-CORPUS = Path(__file__).parent / "dsl_errors"
 EXAMPLES = Path(__file__).parents[1] / "examples"
-CASES = sorted(CORPUS.glob("*.nlc"))
-_EXPECT = re.compile(r"(?:(?P<file>\S+\.nlc):)?(?P<line>\d+):(?P<col>\d+): (?P<text>.+)")
-
-
-def test_corpus_is_large_and_declared():
-    assert len(CASES) >= 30
-    for path in CASES:
-        assert _EXPECT.fullmatch(_header(path).get("expect", "")), f"{path.name}: bad # expect"
-
-
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_corpus(path: Path, monkeypatch):
-    head = _header(path)
-    want = _EXPECT.fullmatch(head["expect"])
-    monkeypatch.chdir(CORPUS)
-    code, stdout, stderr = _nlc("check", path.name)
-    _assert_user_error(code, stdout, stderr)
-    where = f"{want['file'] or path.name}:{want['line']}:{want['col']}: error: "
-    assert stderr.startswith(where), f"expected {where!r}, got:\n{stderr}"
-    assert want["text"] in stderr.splitlines()[0]
-    if "hint" in head:
-        assert "\n  hint: " in stderr and head["hint"] in stderr.split("\n  hint: ")[1], stderr
 
 
 # -- fuzzing: nothing but NlcErrors, in bounded time ------------------------------------------

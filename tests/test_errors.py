@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from nlc.cli import app
 
-CORPUS = Path(__file__).parent / "errors"
+CORPUS = Path(__file__).parent / "errors"  # broken YAML specs
+DSL_CORPUS = Path(__file__).parent / "dsl_errors"  # broken .nlc specs
 EXAMPLE = Path(__file__).parents[1] / "examples" / "cnn_digits.yaml"
-_EXPECT = re.compile(r"(?:(?P<file>\S+\.yaml):)?(?P<line>\d+):(?P<col>\d+): (?P<text>.+)")
+_EXPECT = re.compile(r"(?:(?P<file>\S+\.(?:yaml|nlc)):)?(?P<line>\d+):(?P<col>\d+): (?P<text>.+)")
 
 
 def _header(path: Path) -> dict[str, str]:
@@ -50,20 +51,20 @@ def _assert_user_error(code: int, stdout: str, stderr: str) -> None:
     assert all(line.startswith("  hint: ") for line in lines[1:]), stderr
 
 
-CASES = sorted(CORPUS.glob("*.yaml"))
+CASES = sorted(CORPUS.glob("*.yaml")) + sorted(DSL_CORPUS.glob("*.nlc"))
 
 
 def test_corpus_is_large_and_declared():
-    assert len(CASES) >= 30
+    assert len(list(CORPUS.glob("*.yaml"))) >= 30 and len(list(DSL_CORPUS.glob("*.nlc"))) >= 30
     for path in CASES:
         assert _EXPECT.fullmatch(_header(path).get("expect", "")), f"{path.name}: bad # expect"
 
 
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
 def test_corpus(path: Path, monkeypatch):
     head = _header(path)
     want = _EXPECT.fullmatch(head["expect"])
-    monkeypatch.chdir(CORPUS)  # so that messages name files as the headers do
+    monkeypatch.chdir(path.parent)  # so that messages name files as the headers do
     command = head.get("command", "check")  # errors found only by `build` say so
     code, stdout, stderr = _nlc(command, path.name, *shlex.split(head.get("args", "")))
     _assert_user_error(code, stdout, stderr)
