@@ -63,7 +63,7 @@ def _run(fn):
 
 
 def _fail(e: NlcError):
-    err.print(e.render(), markup=False, soft_wrap=True)
+    err.print(e.render(excerpt=True), markup=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,14 @@ class NlcError(Exception):
         self.loc = loc
         self.hint = hint
 
-    def render(self) -> str:
+    def render(self, excerpt: bool = False) -> str:
         """`file:line:col: error: message` and an indented hint line; one paragraph even if a
-        message quotes text with line breaks."""
+        message quotes text with line breaks. With `excerpt`, the source line and a caret under
+        the column come between them (when the file can be read)."""
         where = f"{self.loc}: " if self.loc else ""
         text = f"{where}error: {_one_line(self.message)}"
+        if excerpt and self.loc:
+            text += _excerpt(self.loc)
         if self.hint:
             text += f"\n  hint: {_one_line(self.hint)}"
         return text
@@ -43,6 +47,21 @@ class NlcError(Exception):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _excerpt(loc: SourceLoc) -> str:
+    """The line `loc` points into, and a caret under its column; empty if unreadable."""
+    try:
+        lines = Path(loc.file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    if not 1 <= loc.line <= len(lines):
+        return ""
+    line = lines[loc.line - 1].rstrip()
+    # Keep tabs under tabs so the caret lines up however the terminal expands them.
+    pad = "".join(c if c == "\t" else " " for c in line[: loc.col - 1])
+    number = str(loc.line)
+    return f"\n  {number} | {line}\n  {' ' * len(number)} | {pad}^"
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

@@ -42,13 +42,18 @@ def _nlc(*args: str):
 
 
 def _assert_user_error(code: int, stdout: str, stderr: str) -> None:
-    """Exit 2, nothing on stdout, one paragraph (message and hint lines), no traceback."""
+    """Exit 2, nothing on stdout, one paragraph (message, source line with a caret, hint), no
+    traceback."""
     assert code == 2, stderr
     assert stdout == ""
     assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 2 and "error: " in lines[0], stderr
-    assert all(line.startswith("  hint: ") for line in lines[1:]), stderr
+    lines = stderr.rstrip("\n").splitlines()
+    assert "error: " in lines[0], stderr
+    rest = lines[1:]
+    if rest and re.match(r"  \d+ \| ", rest[0]):
+        assert re.fullmatch(r"  \s+\| [ \t]*\^", rest[1]), stderr
+        rest = rest[2:]
+    assert len(rest) <= 1 and all(line.startswith("  hint: ") for line in rest), stderr
 
 
 CASES = sorted(CORPUS.glob("*.yaml")) + sorted(DSL_CORPUS.glob("*.nlc"))
@@ -143,3 +148,12 @@ def test_build_refuses_to_replace_a_foreign_folder(tmp_path):
     _assert_user_error(code, stdout, stderr)
     assert "is not an nlc build" in stderr
     assert _entries(out) == {"notes.txt"} and _entries(tmp_path) == {"mine"}
+
+
+def test_message_shows_the_source_line_with_a_caret(monkeypatch):
+    monkeypatch.chdir(CORPUS)
+    _, _, stderr = _nlc("check", "unknown_op.yaml")
+    assert stderr.splitlines()[1:3] == [
+        "  7 |   - {op: conv2, out: 8, kernel: 3}",
+        "    |          ^",
+    ]
