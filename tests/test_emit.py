@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from strategies import _spec
 
 import nlc
 from nlc.emit import emit
@@ -19,13 +20,7 @@ def _classes(example: str) -> dict[str, ClassDef]:
 
 
 def _doc(graph, blocks=None, inputs=None, outputs=None, name="m") -> dict:
-    doc = {"nlc": 1, "name": name, "inputs": inputs or {"x": {"shape": ["B", 8]}}}
-    if blocks:
-        doc["blocks"] = blocks
-    doc["graph"] = graph
-    if outputs:
-        doc["outputs"] = outputs
-    return doc
+    return _spec(name, inputs or {"x": {"shape": ["B", 8]}}, blocks, graph, outputs)
 
 
 def _lines(source: str) -> list[str]:
