@@ -91,6 +91,13 @@ def write_package(
     nothing is left behind and a previous build at `out_dir` stays as it was.
     """
     out = Path(out_dir)
+    # Refuse before any work: an ONNX export in `finish` can take half a minute.
+    if out.exists() and not (out / "build.json").is_file():
+        raise NlcError(
+            f"{out} exists and is not an nlc build; refusing to replace it",
+            None,
+            "choose another output folder with -o, or remove it",
+        )
     files = package_files(graph, spec)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,12 +112,6 @@ def write_package(
         if finish is not None:
             finish(tmp)
         if out.exists():
-            if not (out / "build.json").is_file():
-                raise NlcError(
-                    f"{out} exists and is not an nlc build; refusing to replace it",
-                    None,
-                    "choose another output folder with -o, or remove it",
-                )
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "previous")
             os.replace(tmp, out)
