@@ -246,10 +246,11 @@ def _unclash_outputs(graph) -> None:
     torch.export's nodes (`relu`, `relu_1`, ...), so an output called `relu` (the last node of
     a repeated block) would otherwise appear twice, which ONNX forbids."""
     outputs = {id(v) for v in graph.outputs}
+    output_names = {v.name for v in graph.outputs}
     taken = {v.name for node in graph.all_nodes() for v in node.outputs}
     for node in graph.all_nodes():
         for value in node.outputs:
-            if id(value) in outputs or value.name not in {o.name for o in graph.outputs}:
+            if id(value) in outputs or value.name not in output_names:
                 continue
             i = 1
             while f"{value.name}_inner{i}" in taken:
