@@ -282,3 +282,21 @@ def test_non_finite_float_literal(builder):
 def test_examples_emit_one_class_per_block(example):
     spec = nlc.load(EXAMPLES / f"{example}.yaml")[0]
     assert len(_classes(example)) == len(spec.ast.blocks) + 1
+
+
+def test_embedding_std_initialises_the_table(builder):
+    doc = {
+        "nlc": 1,
+        "name": "emb_std",
+        "inputs": {"ids": {"shape": ["B", "T"], "dtype": "i64"}},
+        "graph": [
+            {"op": "embedding", "name": "small", "num": 4000, "dim": 64, "std": 0.02},
+            {"op": "embedding", "name": "plain", "in": "ids", "num": 4000, "dim": 64},
+            {"op": "add", "in": ["small", "plain"]},
+        ],
+    }
+    built = builder.build(doc)
+    assert "nn.init.normal_(self.small.weight, std=0.02)" in built.text("model.py")
+    model = built.load().Model()
+    assert abs(model.small.weight.std().item() - 0.02) < 0.002
+    assert abs(model.plain.weight.std().item() - 1.0) < 0.05  # PyTorch's default N(0, 1)

@@ -239,6 +239,7 @@ class _Emitter:
         ins = self.graph.input_types(node)
         ctor = op.module(node.attrs, ins, lit(local))
         init = [f"self.{local} = {ctor}"] if ctor is not None else []
+        init += op.init(node.attrs, f"self.{local}", lit(local)) if ctor is not None else []
         mod = f"self.{local}" if ctor is not None else None
 
         def call(args, targets):
@@ -281,6 +282,11 @@ class _Emitter:
         else:
             items = ", ".join(self._ctor_call(m, record) for m in members)
             init = [f"self.{local} = nn.ModuleList([{items}])"]
+        extra = []
+        if isinstance(members[0], Node):  # a repeated op: its own initialisation, per copy
+            extra = REGISTRY[members[0].op].init(members[0].attrs, "layer", record)
+        if extra:
+            init += [f"for layer in self.{local}:", *(f"    {line}" for line in extra)]
         first, last = group.members[0], group.members[-1]
         loop_var = "block" if first.frame.block else "layer"
         while loop_var in inputs:  # an input of that name may be read after the loop

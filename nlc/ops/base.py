@@ -129,6 +129,11 @@ class Op:
         """Constructor expression of the op's `nn.Module`, or None for a functional op."""
         return None
 
+    def init(self, a, mod: str, lit: Lit) -> list[str]:
+        """Statements that initialise the module `mod` after its constructor (none by default:
+        PyTorch's own initialisation)."""
+        return []
+
     def call(self, a, args: list[str], mod: str | None, lit: Lit) -> str:
         """Forward expression given input variable names and the module reference."""
         assert mod is not None, f"{self.name} must define call() or module()"

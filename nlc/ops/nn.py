@@ -340,6 +340,12 @@ class GroupNorm(Op):
 class EmbeddingAttrs(Attrs):
     num: int = Field(gt=0, description="vocabulary size")
     dim: int = PosInt
+    std: float | None = Field(
+        default=None,
+        gt=0,
+        description="initialise the table from N(0, std^2), e.g. GPT-2's 0.02 (default: "
+        "PyTorch's N(0, 1), too large for an output layer tied to it)",
+    )
 
 
 @register
@@ -367,6 +373,9 @@ class Embedding(Op):
 
     def module(self, a, ins, lit):
         return f"nn.Embedding({lit(a.num, 'num_embeddings')}, {lit(a.dim, 'embedding_dim')})"
+
+    def init(self, a, mod, lit):
+        return [] if a.std is None else [f"nn.init.normal_({mod}.weight, std={lit(a.std, 'std')})"]
 
 
 class DropoutAttrs(Attrs):
