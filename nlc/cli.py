@@ -36,7 +36,8 @@ SetOpt = Annotated[
     typer.Option(
         "--set",
         metavar="PARAM=VALUE",
-        help="Override a param of the spec's `params:`, e.g. --set width=64 (repeatable).",
+        help="Override a param of the spec's `params:`, e.g. --set width=64, or a train "
+        "setting, e.g. --set train.optimizer.lr=3e-4 (repeatable).",
         show_default=False,
     ),
 ]
@@ -339,6 +340,108 @@ def cost(
             out.print(f"wrote {json_out}")
         if plot:
             out.print(f"wrote {plot_latency(costs, plot)}")
+
+    _run(go)
+
+
+RunOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="Run folder (default: runs/<name>): checkpoints, metrics, plots and the package.",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def train(
+    spec: SpecArg,
+    output: RunOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in the folder from its newest checkpoint."),
+    ] = False,
+    lr_find: Annotated[
+        bool,
+        typer.Option(
+            "--lr-find",
+            help="Run an LR range test instead of training: plots loss against LR and "
+            "suggests a learning rate.",
+        ),
+    ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", metavar="N", help="Processes on this machine (torchrun, DDP or FSDP)."
+        ),
+    ] = 1,
+) -> None:
+    """Build SPEC (a spec with a `train:` section, or a pipeline file) into a run folder and
+    train it with the generated train.py."""
+
+    def go():
+        from nlc.train.run import prepare_run, run_script, train_command
+
+        loaded, graph = _load(spec, set_)
+        run = output or Path("runs") / graph.name
+        prepare_run(loaded, graph, run, resume, lr_find)
+        code = run_script(run, train_command(loaded, graph, run, resume, lr_find, nproc))
+        if code:
+            err.print(
+                f"training exited with status {code}; the run's log is {run / 'train.log'}, "
+                "and its last checkpoint (if any) is kept for --resume"
+            )
+            raise typer.Exit(code)
+
+    _run(go)
+
+
+@app.command()
+def runs(
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A run folder, or a folder of runs.")
+    ] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List training runs side by side: status, best and final metrics, and the settings that
+    differ between them."""
+
+    def go():
+        from nlc.train.runs import find_runs, table
+
+        rows = table(find_runs(folder), folder)
+        if as_json:
+            out.print_json(data=rows)
+            return
+        # One column per run, one line per field: runs compare side by side however many
+        # settings differ.
+        fields = list(dict.fromkeys(k for row in rows for k in row if k != "run"))
+        lines = [[field, *(row.get(field, "") for row in rows)] for field in fields]
+        out.print(_rich((["", *(row["run"] for row in rows)], lines), f"runs in {folder}"))
+
+    _run(go)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def generate(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="The folder of an lm/mlm run.")],
+) -> None:
+    """Sample text from a trained language model; options go to the run's generate.py:
+    --prompt TEXT --max-tokens N --temperature T --top-k K --top-p P --seed S --checkpoint C."""
+
+    def go():
+        from nlc.train.run import generate_command, run_script
+
+        code = run_script(run, generate_command(run, list(ctx.args)))
+        if code:
+            raise typer.Exit(code)
 
     _run(go)
 

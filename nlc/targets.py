@@ -13,8 +13,8 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from nlc.errors import NlcError, did_you_mean
-from nlc.frontend.ast import _Spec
 from nlc.frontend.load import validate
+from nlc.frontend.spec_item import SpecItem
 from nlc.frontend.yaml_source import load_yaml
 from nlc.ops.base import OpClass
 from nlc.resources import data_dir
@@ -40,7 +40,7 @@ class Peaks(BaseModel):
     i8_tensor: float | None = Field(default=None, gt=0)
 
 
-class Target(_Spec):
+class Target(SpecItem):
     """A device: peak rates, memory system, launch overhead and achievable efficiencies."""
 
     name: str = ""  # defaults to the file name

@@ -16,7 +16,7 @@ from nlc.frontend.fmt import convert_file, format_file, read, render
 from nlc.frontend.layout import WIDTH
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-SOURCES = sorted(EXAMPLES.glob("*.nlc")) + sorted(EXAMPLES.glob("*.yaml"))
+SOURCES = sorted(EXAMPLES.glob("**/*.nlc")) + sorted(EXAMPLES.glob("**/*.yaml"))
 
 
 def _ast(path: Path) -> str:
@@ -27,7 +27,7 @@ def _comments(text: str) -> list[str]:
     return sorted(re.findall(r"#\S*", text))
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.nlc")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("**/*.nlc")), ids=lambda p: p.stem)
 def test_nlc_examples_are_formatted(path: Path):
     assert not format_file(path, write=False), f"run nlc fmt {path}"
 

@@ -29,6 +29,12 @@ CASES = [
     # Attention, PositionalEmbedding and a tied LM head.
     ("gpt2_small", "model.py"),
     ("gpt2_small", "layers.py"),
+    # The training scripts: a classifier on digits, and a BPE language model (a pipeline file).
+    ("cnn_digits", "train.py"),
+    ("cnn_digits", "data.py"),
+    ("pipelines/gpt_text", "train.py"),
+    ("pipelines/gpt_text", "data.py"),
+    ("pipelines/gpt_text", "generate.py"),
 ]
 
 
@@ -36,11 +42,8 @@ CASES = [
 def _outputs(example: str) -> dict[str, str]:
     spec, graph = nlc.load(ROOT / "examples" / f"{example}.yaml")
     files = package_files(graph, spec)
-    return {
-        "ir.txt": format_graph(graph),  # what `nlc ir` prints
-        "model.py": files[f"{example}/model.py"],
-        "layers.py": files[f"{example}/layers.py"],
-    }
+    modules = {path.split("/", 1)[1]: text for path, text in files.items() if path.endswith(".py")}
+    return {"ir.txt": format_graph(graph), **modules}  # ir.txt: what `nlc ir` prints
 
 
 @pytest.mark.parametrize(("example", "artefact"), CASES)

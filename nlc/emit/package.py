@@ -15,6 +15,7 @@ import yaml
 from nlc import __version__
 from nlc.emit.pytorch import emit
 from nlc.emit.render import format_python, render
+from nlc.emit.training import training_files
 from nlc.errors import NlcError
 from nlc.frontend.load import Spec
 from nlc.frontend.yaml_source import parse_yaml
@@ -50,14 +51,15 @@ def package_files(graph: Graph, spec: Spec) -> dict[str, str]:
             for k, v in graph.outputs.items()
         ],
     }
-    return {
-        "pyproject.toml": render("package/pyproject.toml.j2", **ctx),
+    files = {
+        "pyproject.toml": render("package/pyproject.toml.j2", train=spec.ast.train, **ctx),
         f"{name}/__init__.py": render("package/__init__.py.j2", **ctx),
         f"{name}/model.py": format_python(model, "model.py"),
         f"{name}/layers.py": format_python(_layers(emission.layers, ctx), "layers.py"),
-        "spec.yaml": spec_text,
-        "build.json": json.dumps(info, indent=2) + "\n",
     }
+    if spec.ast.train is not None:
+        files |= training_files(graph, spec)
+    return files | {"spec.yaml": spec_text, "build.json": json.dumps(info, indent=2) + "\n"}
 
 
 def _shape(t) -> list[int | str]:

@@ -2,58 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from nlc.errors import SourceLoc
-from nlc.frontend.yaml_source import Path_, Positions
+from nlc.frontend.spec_item import SpecItem
+from nlc.frontend.train_ast import TrainSpec
 
 Scalar = int | float | bool | str
 DType = Literal["f32", "f16", "bf16", "f64", "i64", "i32", "bool"]
 RESERVED_NODE_KEYS = ("op", "name", "in", "repeat")
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    noun: ClassVar[str]  # what messages call the item, and an example of one
-    example: ClassVar[str] = ""
-    # Where the item sits in its source file; set by the loader, absent for ASTs built in code.
-    _pos: Positions | None = PrivateAttr(default=None)
-    _path: Path_ = PrivateAttr(default=())
-
-    def place(self, pos: Positions, path: Path_ = ()) -> None:
-        """Record the positions of this item and of every item inside it."""
-        self._pos, self._path = pos, path
-        for name, field in type(self).model_fields.items():
-            _place(getattr(self, name), pos, (*path, field.alias or name))
-
-    @property
-    def loc(self) -> SourceLoc | None:
-        """The item's name where it has one (`blocks: {mlp: ...}`), else its value."""
-        return self._pos.key(self._path) if self._pos else None
-
-    def at(self, *sub: str | int) -> SourceLoc | None:
-        """Position of the value at `sub` inside this item (the nearest enclosing one if absent)."""
-        return self._pos.value((*self._path, *sub)) if self._pos else None
-
-    def key_at(self, *sub: str | int) -> SourceLoc | None:
-        """Position of the key `sub` inside this item, for errors about the key itself."""
-        return self._pos.key((*self._path, *sub)) if self._pos else None
-
-
-def _place(value: Any, pos: Positions, path: Path_) -> None:
-    if isinstance(value, _Spec):
-        value.place(pos, path)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _place(v, pos, (*path, i))
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _place(v, pos, (*path, k))
-
-
-class TensorSpec(_Spec):
+class TensorSpec(SpecItem):
     """A model or block input: shape with ints, symbolic dims (`B`, `T`) or `${expr}`."""
 
     noun, example = "input", "{shape: [B, 3, 32, 32], dtype: f32}"
@@ -62,7 +23,7 @@ class TensorSpec(_Spec):
     dtype: DType = "f32"
 
 
-class ParamDecl(_Spec):
+class ParamDecl(SpecItem):
     """A block parameter: a type, a default, or both (`c: int`, `stride: 1`)."""
 
     noun, example = "param declaration", "`c: int`, or a default such as `stride: 1`"
@@ -95,7 +56,7 @@ def fits(value: Any, type_name: str | None) -> bool:
     return ok and (type_name == "bool" or not isinstance(value, bool))
 
 
-class NodeSpec(_Spec):
+class NodeSpec(SpecItem):
     """One graph item: `op` with attributes inline, or a bare op name such as `relu`."""
 
     noun, example = "graph item", "{op: linear, out: 64}, or an op name such as relu"
@@ -120,7 +81,7 @@ class NodeSpec(_Spec):
         return dict(self.model_extra or {})
 
 
-class BlockSpec(_Spec):
+class BlockSpec(SpecItem):
     """A reusable, parameterised sub-graph, called like an op."""
 
     noun, example = "block", "{params: {c: int}, graph: [...]}"
@@ -131,7 +92,7 @@ class BlockSpec(_Spec):
     outputs: list[str] | None = None
 
 
-class ModelSpec(_Spec):
+class ModelSpec(SpecItem):
     """A spec file, version 1."""
 
     noun = "spec"
@@ -151,9 +112,12 @@ class ModelSpec(_Spec):
     dims: dict[str, int] = Field(
         default={}, description="sizes of symbolic dims for the cost report (default 1)"
     )
+    train: TrainSpec | None = Field(
+        default=None, description="how `nlc train` trains the model; adds train.py to the build"
+    )
 
 
-class IncludeSpec(_Spec):
+class IncludeSpec(SpecItem):
     """An included file: shared blocks (and further includes) only."""
 
     noun = "included spec"

@@ -22,6 +22,8 @@ from nlc.errors import NlcError, SourceLoc, did_you_mean, mention
 from nlc.frontend.ast import ModelSpec
 from nlc.frontend.dsl_errors import explain
 from nlc.frontend.layout import Layout, layout
+from nlc.frontend.spec_item import SpecItem
+from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_source import Path_, Positions, read_source
 from nlc.resources import data_dir
 
@@ -29,6 +31,7 @@ TYPES = ("int", "float", "bool", "str")
 # Model keys with statements of their own; any other is a setting, `key: value`.
 _STRUCTURE = ("nlc", "name", "include", "params", "inputs", "blocks", "graph", "outputs")
 SETTINGS = tuple(f.alias or n for n, f in ModelSpec.model_fields.items() if n not in _STRUCTURE)
+PIPELINE_SETTINGS = ("model", "train")
 # A `#` inside a string starts no comment; strings never span lines.
 STRING_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\r\n]*')
 _RESERVED_ARGS = {
@@ -39,14 +42,35 @@ _RESERVED_ARGS = {
 
 
 def settings_of(spec: ModelSpec) -> dict[str, Any]:
-    """The settings a spec gives, or that differ from their defaults, for printers."""
+    """The settings a spec gives, or that differ from their defaults, for printers; a section
+    (`train:`) as the plain mapping of the keys it was given."""
     fields = ModelSpec.model_fields
     given = spec.model_fields_set
     return {
-        k: getattr(spec, k)
+        k: _plain(getattr(spec, k))
         for k in SETTINGS
         if k in given or getattr(spec, k) != fields[k].get_default(call_default_factory=True)
     }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SpecItem):
+        return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return value
+
+
+def pipeline_settings(spec: PipelineSpec) -> dict[str, Any]:
+    """A pipeline's `model:` (a bare path where it has no params) and `train:`, for printers."""
+    model = _plain(spec.model)
+    return {
+        "model": model["spec"] if list(model) == ["spec"] else model,
+        "train": _plain(spec.train),
+    }
+
+
+def sections(spec: ModelSpec) -> set[str]:
+    """The settings printed one key per line (a `train:` section), not as one flow value."""
+    return {k for k in SETTINGS if isinstance(getattr(spec, k), SpecItem)}
 
 
 @dataclass
@@ -168,6 +192,8 @@ class _Builder:
             self.pos.values[()] = self.pos.values[("nlc",)] = self.loc(statements[0])
             body = self.statements(tree, (), "library")
             return {"nlc": 1, **body}
+        if tree.data == "pipeline":
+            return self.pipeline(tree)
         name, signature, body = tree.children
         self.pos.values[()] = self.pos.values[("nlc",)] = self.loc(tree)
         self.pos.values[("name",)] = self.loc(name)
@@ -183,6 +209,25 @@ class _Builder:
         if signature is not None:  # `model m() {` says `params: {}`
             doc["params"] = params
         return {**doc, **parts}
+
+    def pipeline(self, tree: Tree) -> dict[str, Any]:
+        """`pipeline NAME { model: ..., train: {...} }`: the document of a YAML pipeline file."""
+        name, body = tree.children
+        self.pos.values[()] = self.pos.values[("nlc",)] = self.loc(tree)
+        settings: dict[str, Any] = {"nlc": 1}
+        if name is not None:
+            self.pos.values[("name",)] = self.loc(name)
+            settings["name"] = str(name)
+        for statement in _present(body.children):
+            if statement.data != "setting":
+                raise NlcError(
+                    f"a pipeline holds settings only, not {statement.data} statements",
+                    self.loc(statement),
+                    'e.g. `model: "net.nlc"` and `train: {epochs: 10}`; the model goes in its '
+                    "own spec file",
+                )
+            self._setting(statement, settings, "pipeline")
+        return settings
 
     # -- statements -----------------------------------------------------------------------------
 
@@ -211,15 +256,16 @@ class _Builder:
 
     def _setting(self, statement: Tree, settings: dict[str, Any], kind: str) -> None:
         key, value = statement.children
-        if kind != "model" or key not in SETTINGS:
+        known = PIPELINE_SETTINGS if kind == "pipeline" else SETTINGS
+        if kind not in ("model", "pipeline") or key not in known:
             call = isinstance(value, Tree) and value.data == "function"
             raise NlcError(
-                f"unknown setting {str(key)!r}" + (" in a block" if kind != "model" else ""),
+                f"unknown setting {str(key)!r}" + (" in a block" if kind == "block" else ""),
                 self.loc(key),
                 f"a node is named with `=`: `{key} = {self.expression(value)}`"
-                if call
-                else did_you_mean(key, SETTINGS)
-                or f"a model's settings are {', '.join(SETTINGS)}, each `name: value`",
+                if call and kind != "pipeline"
+                else did_you_mean(key, known)
+                or f"a {kind}'s settings are {', '.join(known)}, each `name: value`",
             )
         self._unique((str(key),), key, "setting")
         settings[str(key)] = self.value(value, (str(key),))

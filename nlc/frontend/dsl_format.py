@@ -15,10 +15,11 @@ from typing import Any
 
 from nlc.errors import NlcError
 from nlc.frontend.ast import BlockSpec, IncludeSpec, ModelSpec, NodeSpec, ParamDecl
-from nlc.frontend.dsl import reads_as, settings_of
+from nlc.frontend.dsl import pipeline_settings, reads_as, sections, settings_of
 from nlc.frontend.dsl_errors import STATEMENTS
 from nlc.frontend.expr import is_expr
 from nlc.frontend.layout import WIDTH, Placed, Unit, Writer, float_text
+from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_source import Path_
 
 INDENT = "  "
@@ -26,8 +27,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\])?\Z")
 
 
-def dsl_units(spec: ModelSpec | IncludeSpec) -> list[Unit]:
+def dsl_units(spec: ModelSpec | IncludeSpec | PipelineSpec) -> list[Unit]:
     """The items the DSL printer puts on lines of their own, in the order it prints them."""
+    if isinstance(spec, PipelineSpec):
+        settings = pipeline_settings(spec).items()
+        return [Unit((), [Unit((k,), [Unit((k, s)) for s in _keys(v)]) for k, v in settings])]
     blocks = [_block_unit(name, block) for name, block in spec.blocks.items()]
     includes = [Unit(("include", i)) for i in range(len(spec.include))]
     if isinstance(spec, IncludeSpec):
@@ -35,7 +39,11 @@ def dsl_units(spec: ModelSpec | IncludeSpec) -> list[Unit]:
     children = [Unit(("params", p)) for p in spec.params] + includes
     children += [Unit(("inputs", x)) for x in spec.inputs] + blocks
     children += _body_units((), spec.graph, spec.outputs)
-    return [Unit((), children + [Unit((key,)) for key in settings_of(spec)])]
+    settings = [
+        Unit((key,), [Unit((key, k)) for k in value] if key in sections(spec) else [])
+        for key, value in settings_of(spec).items()
+    ]
+    return [Unit((), children + settings)]
 
 
 def _block_unit(name: str, block: BlockSpec) -> Unit:
@@ -51,20 +59,26 @@ def _body_units(where: Path_, graph: list[NodeSpec], outputs: list[str] | None) 
     return units + ([Unit((*where, "outputs"))] if outputs is not None else [])
 
 
-def format_dsl(spec: ModelSpec | IncludeSpec, placed: Placed | None = None) -> str:
+def _keys(value: Any) -> list[str]:
+    return list(value) if isinstance(value, dict) else []
+
+
+def format_dsl(spec: ModelSpec | IncludeSpec | PipelineSpec, placed: Placed | None = None) -> str:
     """The DSL text of `spec`; `placed` says where the source's comments and blank lines go
     (see `layout.place` over `dsl_units`)."""
     return _Printer(spec, placed or Placed()).run()
 
 
 class _Printer(Writer):
-    def __init__(self, spec: ModelSpec | IncludeSpec, placed: Placed):
+    def __init__(self, spec: ModelSpec | IncludeSpec | PipelineSpec, placed: Placed):
         super().__init__(placed)
         self.spec = spec
         self.params = set(spec.params) if isinstance(spec, ModelSpec) else set()
 
     def run(self) -> str:
-        if isinstance(self.spec, ModelSpec):
+        if isinstance(self.spec, PipelineSpec):
+            self.pipeline(self.spec)
+        elif isinstance(self.spec, ModelSpec):
             self.model(self.spec)
         else:
             first = self.includes(self.spec.include, "", True)
@@ -124,10 +138,41 @@ class _Printer(Writer):
             self.block(name, block, INDENT, first)
             first = False
         self.body((), spec.graph, spec.outputs, INDENT, first, space=bool(spec.blocks))
+        blocky = sections(spec)
         for key, value in settings_of(spec).items():
             self.above((key,), INDENT, first=False)
-            self.put((key,), f"{INDENT}{key}: {self.value(value)}")
+            if key in blocky and value:
+                self.section((key,), value)
+            else:
+                self.put((key,), f"{INDENT}{key}: {self.value(value)}")
         self.close((), "")
+
+    def pipeline(self, spec: PipelineSpec) -> None:
+        self.above((), "", first=True)
+        name = f" {_name(spec.name, 'pipeline')}" if spec.name is not None else ""
+        self.put((), f"pipeline{name} {{")
+        for k, (key, value) in enumerate(pipeline_settings(spec).items()):
+            self.above((key,), INDENT, first=k == 0)
+            if isinstance(value, dict) and value:
+                self.section((key,), value)
+            else:
+                self.put((key,), f"{INDENT}{key}: {self.value(value)}")
+        self.close((), "")
+
+    def section(self, path: Path_, value: dict[str, Any], indent: str = INDENT) -> None:
+        """`key: {` and one `name: value,` line per entry of a section (`train:`), then `}`;
+        an entry too long for a line is a section of its own."""
+        self.put(path, f"{indent}{path[-1]}: {{")
+        inner = indent + INDENT
+        for k, (name, sub) in enumerate(value.items()):
+            self.above((*path, name), inner, first=k == 0)
+            line = f"{inner}{name}: {self.value(sub)},"
+            if len(line) > WIDTH and isinstance(sub, dict) and sub:
+                self.section((*path, name), sub, inner)
+                self.lines[-1] += ","
+            else:
+                self.put((*path, name), line)
+        self.close(path, indent)
 
     def includes(self, paths: list[str], indent: str, first: bool) -> bool:
         for i, path in enumerate(paths):

@@ -13,6 +13,7 @@ from nlc.frontend.dsl import parse_dsl
 from nlc.frontend.dsl_format import dsl_units, format_dsl
 from nlc.frontend.layout import Layout, place, yaml_layout
 from nlc.frontend.load import validate
+from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_format import format_yaml, yaml_units
 from nlc.frontend.yaml_source import Path_, Positions, parse_yaml, read_source
 
@@ -23,14 +24,14 @@ YAML_SUFFIXES = (".yaml", ".yml")
 class Source:
     """A spec file as the formatters need it: its AST and where its parts and comments were."""
 
-    spec: ModelSpec | IncludeSpec
+    spec: ModelSpec | IncludeSpec | PipelineSpec
     pos: Positions
     layout: Layout
 
 
 def read(path: str | Path) -> Source:
-    """Parse and validate one spec file, `.nlc` or YAML; a file with none of a model's keys is
-    a file of shared blocks (see `include`)."""
+    """Parse and validate one spec file, `.nlc` or YAML: a pipeline if it names a `model:`, a
+    file of shared blocks (see `include`) if it has none of a model's keys."""
     path = Path(path)
     display = str(path)
     text = read_source(path, display)
@@ -42,8 +43,12 @@ def read(path: str | Path) -> Source:
         layout = yaml_layout(text)
     _plain(doc, pos, ())
     model_keys = ("name", "params", "inputs", "graph", "outputs")
-    is_model = isinstance(doc, dict) and any(k in doc for k in model_keys)
-    return Source(validate(ModelSpec if is_model else IncludeSpec, doc, pos), pos, layout)
+    kind = IncludeSpec
+    if isinstance(doc, dict) and "model" in doc:
+        kind = PipelineSpec
+    elif isinstance(doc, dict) and any(k in doc for k in model_keys):
+        kind = ModelSpec
+    return Source(validate(kind, doc, pos), pos, layout)
 
 
 def _plain(value: Any, pos: Positions, path: Path_) -> None:

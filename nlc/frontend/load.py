@@ -11,10 +11,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from nlc.errors import NlcError, did_you_mean
+from nlc.errors import NlcError, SourceLoc, did_you_mean
 from nlc.frontend.ast import BlockSpec, IncludeSpec, ModelSpec, fits
 from nlc.frontend.dsl import load_dsl
 from nlc.frontend.expr import is_expr
+from nlc.frontend.names import check_identifier
+from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_source import Positions, load_yaml
 
 
@@ -25,18 +27,39 @@ class Spec:
     ast: ModelSpec
     path: Path
     data: dict[str, Any]  # the resolved document, written to the build as spec.yaml
+    # The folder that the train section's data paths are relative to: the pipeline file's
+    # folder for a pipeline, else the spec's (None).
+    root: Path | None = None
+
+    @property
+    def data_root(self) -> Path:
+        return self.root or self.path.parent
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+    """Load a model spec, or a pipeline file (a `model:` spec path and a `train:` section).
+
+    `overrides` are `--set` values: `name` sets a model param, `train.a.b` a train setting.
+    """
     path = Path(path)
+    params = {k: v for k, v in (overrides or {}).items() if not k.startswith("train.")}
+    train = {k[len("train.") :]: v for k, v in (overrides or {}).items() if k.startswith("train.")}
     data, pos = load_document(path, str(path))
-    spec = validate(ModelSpec, data, pos)
+    if isinstance(data, dict) and "model" in data:
+        return _load_pipeline(path, _set_train(data, train), pos, params)
+    spec = validate(ModelSpec, _set_train(data, train), pos)
+    return _resolve_model(spec, path, data, params)
+
+
+def _resolve_model(spec: ModelSpec, path: Path, data: Any, overrides: dict[str, Any]) -> Spec:
     blocks = dict(spec.blocks)
     _merge_includes(spec, path, [(path.resolve(), str(path))], set(), blocks)
     spec.blocks = blocks
     if overrides:
         spec.params = _apply_overrides(spec, overrides)
     resolved = dict(data)
+    if spec.train is not None:
+        resolved["train"] = spec.train.model_dump(mode="json", exclude_unset=True)
     resolved.pop("include", None)
     resolved["params"] = dict(spec.params)
     resolved["blocks"] = {
@@ -47,6 +70,54 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     if not resolved["blocks"]:
         resolved.pop("blocks")
     return Spec(spec, path, resolved)
+
+
+def _set_train(data: Any, settings: dict[str, Any]) -> Any:
+    """The document with `--set train.a.b=v` values written into its `train:` section."""
+    if not settings or not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for dotted, value in settings.items():
+        *outer, key = dotted.split(".")
+        node = data
+        for step in ["train", *outer]:
+            inner = node.get(step)
+            node[step] = dict(inner) if isinstance(inner, dict) else {}
+            node = node[step]
+        node[key] = value
+    return data
+
+
+def _load_pipeline(path: Path, data: dict, pos: Positions, params: dict[str, Any]) -> Spec:
+    """A pipeline file: its model spec loaded with the pipeline's params (then `--set`'s), and
+    the pipeline's name and train section in place of the model's."""
+    pipe = validate(PipelineSpec, data, pos)
+    ref = pipe.model
+    model_path = path.parent / ref.spec
+    if not model_path.is_file():
+        raise NlcError(
+            f"model spec {ref.spec!r} {'is a folder' if model_path.is_dir() else 'does not exist'}",
+            ref.at("spec"),
+            f"the path is relative to the pipeline file: looked for {model_path}",
+        )
+    model_data, model_pos = load_document(model_path, str(model_path))
+    if isinstance(model_data, dict) and "model" in model_data:
+        raise NlcError(
+            f"{ref.spec!r} is a pipeline file, not a model spec",
+            ref.at("spec"),
+            "name the model spec that pipeline trains",
+        )
+    spec = validate(ModelSpec, model_data, model_pos)
+    for key, value in ref.params.items():
+        _check_override(spec, key, value, f"model.params: {key}", ref.key_at("params", key))
+    loaded = _resolve_model(spec, model_path, model_data, {**ref.params, **params})
+    if pipe.name is not None:
+        loaded.ast.name = check_identifier(pipe.name, "package name", pipe.at("name"))
+        loaded.data["name"] = pipe.name
+    loaded.ast.train = pipe.train
+    loaded.data["train"] = pipe.train.model_dump(mode="json", exclude_unset=True)
+    loaded.root = path.parent
+    return loaded
 
 
 def load_document(path: Path, display: str) -> tuple[Any, Positions]:
@@ -89,22 +160,28 @@ def parse_overrides(items: list[str], option: str = "--set") -> dict[str, Any]:
 def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
     """The spec's params with `--set` values; errors point at the spec's `params:`."""
     for key, value in overrides.items():
-        if key not in spec.params:
-            known = ", ".join(spec.params) or "none"
-            raise NlcError(
-                f"--set {key}={value}: the spec has no param {key!r} (its params: {known})",
-                spec.key_at("params"),
-                did_you_mean(key, spec.params) or "declare it under `params:` in the spec first",
-            )
-        default = spec.params[key]
-        if not is_expr(default) and not fits(value, type(default).__name__):
-            raise NlcError(
-                f"--set {key}={value}: param {key!r} is {_KINDS[type(default)]} "
-                f"({key}: {default}), got {value!r}",
-                spec.at("params", key),
-                f"e.g. --set {key}={default}",
-            )
+        _check_override(spec, key, value, f"--set {key}={value}", None)
     return {**spec.params, **overrides}
+
+
+def _check_override(
+    spec: ModelSpec, key: str, value: Any, given: str, loc: SourceLoc | None
+) -> None:
+    """`value` (from `given`, at `loc` if it is in a file) must suit the param `key`."""
+    if key not in spec.params:
+        known = ", ".join(spec.params) or "none"
+        raise NlcError(
+            f"{given}: the model has no param {key!r} (its params: {known})",
+            loc or spec.key_at("params"),
+            did_you_mean(key, spec.params) or "declare it under `params:` in the spec first",
+        )
+    default = spec.params[key]
+    if not is_expr(default) and not fits(value, type(default).__name__):
+        raise NlcError(
+            f"{given}: param {key!r} is {_KINDS[type(default)]} ({key}: {default}), got {value!r}",
+            loc or spec.at("params", key),
+            f"e.g. --set {key}={default}" if loc is None else f"e.g. {key}: {default}",
+        )
 
 
 _KINDS = {int: "an int", float: "a float", bool: "true or false", str: "text"}

@@ -25,8 +25,16 @@ MAX_NODES = 50_000
 
 
 def lower(spec: Spec) -> Graph:
-    """Build the IR graph of a loaded spec; raises NlcError pointing at the offending spec item."""
-    return _Lowerer(spec).run()
+    """Build the IR graph of a loaded spec; raises NlcError pointing at the offending spec item.
+
+    A `train:` section is checked against the graph and its defaults resolved in place.
+    """
+    graph = _Lowerer(spec).run()
+    if spec.ast.train is not None:
+        from nlc.frontend.train_check import resolve_train
+
+        spec.ast.train = resolve_train(spec, graph)
+    return graph
 
 
 class _Scope:

@@ -11,11 +11,25 @@ import json
 import re
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from nlc.frontend.ast import IncludeSpec, ModelSpec
 from nlc.frontend.dsl import TYPES
 from nlc.frontend.load import describe_type
+from nlc.frontend.train_ast import (
+    CheckpointSpec,
+    DataSpec,
+    EarlyStoppingSpec,
+    GroupSpec,
+    LossSpec,
+    OptimizerSpec,
+    PipelineSpec,
+    ScheduleSpec,
+    TokenizerSpec,
+    TrackingSpec,
+    TrainSpec,
+)
 from nlc.frontend.yaml_format import flow
 from nlc.ops import REGISTRY, Op
 from nlc.resources import data_dir
@@ -30,11 +44,12 @@ _SECTION = re.compile(r"(<!-- generated: (\w+) -->\n).*?(<!-- end generated: \2 
 
 
 def schema() -> dict[str, Any]:
-    """JSON Schema (2020-12) of a YAML spec file: a model, or a file of shared blocks. An op's
+    """JSON Schema (2020-12) of a YAML spec file: a model, a pipeline (a model spec by path and
+    its `train:` section), or a file of shared blocks. An op's
     attributes are checked when `op` names a built-in op; any number, boolean or choice may
     also be a `${...}` expression."""
     refs, defs = models_json_schema(
-        [(ModelSpec, "validation"), (IncludeSpec, "validation")],
+        [(ModelSpec, "validation"), (PipelineSpec, "validation"), (IncludeSpec, "validation")],
         ref_template="#/$defs/{model}",
     )
     defs = defs["$defs"]
@@ -52,7 +67,8 @@ def schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "nlc spec, version 1",
-        "description": "A model spec for nlc, or a file of blocks that specs include. "
+        "description": "A model spec for nlc, a pipeline that trains one, or a file of blocks "
+        "that specs include. "
         "Reference: spec/README.md.",
         "anyOf": list(refs.values()),
         "$defs": dict(sorted(defs.items())),
@@ -111,7 +127,7 @@ def schema_text() -> str:
 
 def render_reference(text: str) -> str:
     """spec/README.md with its generated sections rewritten from the code."""
-    sections = {"grammar": _grammar_section, "ops": _ops_section}
+    sections = {"grammar": _grammar_section, "ops": _ops_section, "train": _train_section}
     return _SECTION.sub(lambda m: m.group(1) + sections[m.group(2)]() + m.group(3), text)
 
 
@@ -143,6 +159,39 @@ def _ops_section() -> str:
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         parts.append("\n".join(rows) + "\n")
     return "\n".join(parts)
+
+
+def _train_section() -> str:
+    """One table per mapping of the `train:` section, nested mappings by their key."""
+    parts = []
+    for title, model in (
+        ("train", TrainSpec),
+        ("train.data", DataSpec),
+        ("train.data.tokenizer", TokenizerSpec),
+        ("train.loss", LossSpec),
+        ("train.optimizer", OptimizerSpec),
+        ("train.optimizer.groups[]", GroupSpec),
+        ("train.schedule", ScheduleSpec),
+        ("train.early_stopping", EarlyStoppingSpec),
+        ("train.checkpoint", CheckpointSpec),
+        ("train.tracking", TrackingSpec),
+    ):
+        rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+        for key, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                shown = "see below"
+            else:
+                shown = "required" if field.is_required() else f"`{flow(_jsonable(default))}`"
+            kind = describe_type(field.annotation, field.metadata)
+            cells = (f"`{key}`", kind, shown, field.description or "")
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        parts.append(f"### `{title}`\n\n{model.__doc__.strip()}\n\n" + "\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _arity(op: Op) -> str:

@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from nlc.frontend.ast import BlockSpec, IncludeSpec, ModelSpec, NodeSpec, ParamDecl, TensorSpec
-from nlc.frontend.dsl import TYPES, settings_of
+from nlc.frontend.dsl import TYPES, pipeline_settings, sections, settings_of
 from nlc.frontend.layout import WIDTH, Placed, Unit, Writer, float_text
+from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_source import Path_
 
 INDENT = "  "
@@ -25,9 +26,12 @@ _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 _UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]")
 
 
-def yaml_units(spec: ModelSpec | IncludeSpec) -> list[Unit]:
+def yaml_units(spec: ModelSpec | IncludeSpec | PipelineSpec) -> list[Unit]:
     """The items the YAML printer puts on lines of their own, in the order it prints them."""
     units = [Unit(("nlc",))]
+    if isinstance(spec, PipelineSpec):
+        units += [Unit(("name",))] if spec.name is not None else []
+        return units + [_setting_unit((k,), v) for k, v in pipeline_settings(spec).items()]
     if isinstance(spec, ModelSpec):
         units.append(Unit(("name",)))
     if spec.include:
@@ -40,8 +44,24 @@ def yaml_units(spec: ModelSpec | IncludeSpec) -> list[Unit]:
         units.append(Unit(("blocks",), [_block_unit(n, b) for n, b in spec.blocks.items()]))
     if isinstance(spec, ModelSpec):
         units += _body_units((), spec.graph, spec.outputs)
-        units += [Unit((key,)) for key in settings_of(spec)]
+        units += [_setting_unit((key,), value) for key, value in settings_of(spec).items()]
     return units
+
+
+def _setting_unit(path: Path_, value: Any) -> Unit:
+    """A setting; the keys of a section in block style are units of their own."""
+    if _inline(path, value):
+        return Unit(path)
+    return Unit(path, [_setting_unit((*path, k), v) for k, v in value.items()])
+
+
+def _inline(path: Path_, value: Any) -> bool:
+    """Whether a section's entry is printed on one line: anything but a mapping that holds a
+    mapping or that would not fit."""
+    if not isinstance(value, dict) or not value:
+        return True
+    width = len(INDENT) * (len(path) - 1) + len(f"{scalar(path[-1])}: {flow(value)}")
+    return len(path) > 1 and width <= WIDTH and not any(isinstance(v, dict) for v in value.values())
 
 
 def _block_unit(name: str, block: BlockSpec) -> Unit:
@@ -64,15 +84,21 @@ def _shows_params(spec: ModelSpec) -> bool:
     return bool(spec.params) or "params" in spec.model_fields_set
 
 
-def format_yaml(spec: ModelSpec | IncludeSpec, placed: Placed | None = None) -> str:
+def format_yaml(spec: ModelSpec | IncludeSpec | PipelineSpec, placed: Placed | None = None) -> str:
     """The YAML text of `spec`; `placed` says where the source's comments and blank lines go
     (see `layout.place` over `yaml_units`)."""
     return _Printer(placed or Placed()).run(spec)
 
 
 class _Printer(Writer):
-    def run(self, spec: ModelSpec | IncludeSpec) -> str:
+    def run(self, spec: ModelSpec | IncludeSpec | PipelineSpec) -> str:
         self.line(("nlc",), "", "nlc: 1", first=True)
+        if isinstance(spec, PipelineSpec):
+            if spec.name is not None:
+                self.line(("name",), "", f"name: {scalar(spec.name)}")
+            for key, value in pipeline_settings(spec).items():
+                self.section((key,), value, "")
+            return self.text()
         if isinstance(spec, ModelSpec):
             self.line(("name",), "", f"name: {scalar(spec.name)}")
         if spec.include:
@@ -87,9 +113,22 @@ class _Printer(Writer):
                 self.block(name, block, k == 0)
         if isinstance(spec, ModelSpec):
             self.body((), spec.graph, spec.outputs, "")
+            blocky = sections(spec)
             for key, value in settings_of(spec).items():
-                self.line((key,), "", f"{scalar(key)}: {flow(value)}")
+                if key in blocky:
+                    self.section((key,), value, "")
+                else:
+                    self.line((key,), "", f"{scalar(key)}: {flow(value)}")
         return self.text()
+
+    def section(self, path: Path_, value: Any, indent: str, first: bool = False) -> None:
+        """A mapping in block style, one key per line, nested mappings indented below it."""
+        if _inline(path, value):
+            self.line(path, indent, f"{scalar(path[-1])}: {flow(value)}", first)
+            return
+        self.line(path, indent, f"{scalar(path[-1])}:", first)
+        for k, (key, sub) in enumerate(value.items()):
+            self.section((*path, key), sub, indent + INDENT, first=k == 0)
 
     def line(self, path: Path_, indent: str, text: str, first: bool = False) -> None:
         """A unit's line, below its blank lines and comments."""

@@ -1,0 +1,2 @@
+"""Running the generated training and generation scripts: pre-flight data checks, the run
+folder, `torchrun` for several processes, and the listing of runs."""
