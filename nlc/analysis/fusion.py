@@ -20,12 +20,18 @@ from nlc.ir import Value
 from nlc.ops import REGISTRY
 
 _CONV_ACTIVATIONS = dict.fromkeys(("relu", "relu6", "sigmoid", "tanh", "hardswish"), 2)
+_CONV2D = {"batchnorm2d": 0, "add": 1, **_CONV_ACTIVATIONS}
+_LINEAR = dict.fromkeys(("relu", "sigmoid", "tanh"), 2)
 # runtime -> anchor op -> absorbed op -> its stage: a chain absorbs stages in increasing order.
+# A factorized layer ends in the kind of layer it factorizes (a 1x1 conv, a linear).
 EPILOGUES: dict[str, dict[str, dict[str, int]]] = {
     "onnxruntime": {
         "conv1d": {"batchnorm1d": 0, "add": 1, **_CONV_ACTIVATIONS},
-        "conv2d": {"batchnorm2d": 0, "add": 1, **_CONV_ACTIVATIONS},
-        "linear": dict.fromkeys(("relu", "sigmoid", "tanh"), 2),
+        "conv2d": _CONV2D,
+        "tucker_conv2d": _CONV2D,
+        "cp_conv2d": _CONV2D,
+        "linear": _LINEAR,
+        "lowrank_linear": _LINEAR,
     },
 }
 GEMM_RANK = 2  # the input rank of a linear layer that runs as a Gemm
@@ -70,7 +76,7 @@ def epilogues(plan: Plan, runtime: str) -> dict[str, Epilogue]:
                 chains[Value(node.name)] = anchor, rules[anchor][node.op], into
                 break
         ins = graph.input_types(node)
-        gemm = node.op != "linear" or ins[0].rank == GEMM_RANK
+        gemm = node.op not in ("linear", "lowrank_linear") or ins[0].rank == GEMM_RANK
         if node.name not in fused and node.op in rules and gemm:  # a chain starts here
             chains[Value(node.name)] = node.op, -1, REGISTRY[node.op].op_class(node.attrs, ins)
     return fused

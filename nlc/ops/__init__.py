@@ -1,6 +1,13 @@
 """The op registry: importing this package registers every op."""
 
-from nlc.ops import activation, nn, pooling, tensor, transformer  # noqa: F401  (registration)
+from nlc.ops import (  # noqa: F401  (registration)
+    activation,
+    factorized,
+    nn,
+    pooling,
+    tensor,
+    transformer,
+)
 from nlc.ops.base import REGISTRY, Op, ShapeError
 
 __all__ = ["REGISTRY", "Op", "ShapeError"]

@@ -12,6 +12,7 @@ from nlc.ir.graph import Param
 from nlc.ir.types import DTYPE_BYTES, TensorType, norm, prod
 from nlc.ops.base import (
     Attrs,
+    Lit,
     Op,
     ShapeError,
     concrete,
@@ -71,14 +72,27 @@ class Linear(Op):
         )
 
 
-class ConvAttrs(Attrs):
+class ConvGeometry(Attrs):
+    """What fixes a convolution's output shape; factorized convolutions share it."""
+
     out: int = PosInt
     kernel: int | list[int]
     stride: int | list[int] = 1
     padding: int | list[int] | Literal["same", "valid"] = 0
     dilation: int | list[int] = 1
+
+
+class ConvAttrs(ConvGeometry):
     groups: int = Field(default=1, gt=0)
     bias: bool = True
+
+
+def geometry_kwargs(lit: Lit, a: ConvGeometry) -> str:
+    """The stride, padding and dilation keywords of an `nn.Conv*d`, where not the default."""
+    return (
+        f"{kwarg(lit, 'stride', a.stride, 1)}{kwarg(lit, 'padding', a.padding, 0)}"
+        f"{kwarg(lit, 'dilation', a.dilation, 1)}"
+    )
 
 
 class _Conv(Op):
@@ -166,9 +180,8 @@ class _Conv(Op):
         cls = "nn.Conv1d" if self.spatial == 1 else "nn.Conv2d"
         return (
             f"{cls}({lit(ins[0].shape[1], 'in_channels')}, {lit(a.out, 'out_channels')}, "
-            f"kernel_size={lit(a.kernel, 'kernel_size')}"
-            f"{kwarg(lit, 'stride', a.stride, 1)}{kwarg(lit, 'padding', a.padding, 0)}"
-            f"{kwarg(lit, 'dilation', a.dilation, 1)}{kwarg(lit, 'groups', a.groups, 1)}"
+            f"kernel_size={lit(a.kernel, 'kernel_size')}{geometry_kwargs(lit, a)}"
+            f"{kwarg(lit, 'groups', a.groups, 1)}"
             f"{kwarg(lit, 'bias', a.bias, True)})"
         )
 
