@@ -10,12 +10,60 @@ from nlc.errors import NlcError, did_you_mean
 from nlc.frontend import load_spec, lower
 from nlc.frontend.load import Spec
 from nlc.ir import Graph
+from nlc.weights import Weights, check_weights, read_weights, write_weights
+
+PassSteps = list[tuple[str, dict[str, Any]]]  # `--pass` steps: name and options
 
 
-def load(spec_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Spec, Graph]:
-    """Parse, validate and lower a spec file to the IR (shapes inferred, verifier run)."""
+def load(
+    spec_path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    passes: PassSteps | None = None,
+) -> tuple[Spec, Graph]:
+    """Parse, validate and lower a spec file to the IR (shapes inferred, verifier run), then
+    run the spec's `passes:` and then `passes` on the architecture alone (fresh weights)."""
     spec = load_spec(spec_path, overrides)
-    return spec, lower(spec)
+    graph, _ = compress(spec, lower(spec), None, passes)
+    return spec, graph
+
+
+def load_trained(
+    spec_path: str | Path,
+    weights_path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    passes: PassSteps | None = None,
+) -> tuple[Spec, Graph, Weights]:
+    """`load` with trained weights (a state dict, a checkpoint or a run folder) that the
+    passes transform together with the graph."""
+    spec = load_spec(spec_path, overrides)
+    graph = lower(spec)
+    weights = read_weights(Path(weights_path))
+    check_weights(weights, graph, f"the weights of {weights_path}")
+    graph, weights = compress(spec, graph, weights, passes)
+    assert weights is not None
+    return spec, graph, weights
+
+
+def compress(
+    spec: Spec, graph: Graph, weights: Weights | None, passes: PassSteps | None = None
+) -> tuple[Graph, Weights | None]:
+    """Run the spec's passes, then `passes`; each pass's report rows go to
+    `graph.meta["passes"]`. A bad pass or option is reported at its spec item."""
+    steps = [(p.name, p.options, spec.ast.at("passes", i)) for i, p in enumerate(spec.ast.passes)]
+    steps += [(name, options, None) for name, options in passes or []]
+    if not steps:
+        return graph, weights
+    from nlc.passes.manager import run_passes
+
+    rows: list[dict[str, Any]] = []
+    for name, options, loc in steps:
+        try:
+            graph, weights, report = run_passes(graph, weights, [(name, options)])
+        except NlcError as e:
+            raise NlcError(e.message, e.loc or loc, e.hint) from None
+        rows += [{"pass": name, **row} for row in report]
+    graph.meta["passes"] = rows
+    return graph, weights
 
 
 def check(spec_path: str | Path, overrides: dict[str, Any] | None = None) -> Graph:
@@ -43,8 +91,13 @@ def write_build(
     onnx: bool = True,
     opset: int | None = None,
     verify: bool = True,
+    weights: Weights | None = None,
 ) -> Path:
     """Write the package of a loaded spec into `out_dir` (atomically).
+
+    `weights` (trained, or transformed by passes) go to `weights.pt`, which loads into the
+    package's `Model`, and into model.onnx; without them the ONNX weights are seeded.
+    `graph.meta["passes"]`, the passes' report, goes to `passes.json`.
 
     With `onnx`, the package also gets `model.onnx` (seeded weights, dynamic symbolic dims)
     and `onnx.json`, the export report; `opset` None means `nlc.emit.onnx.DEFAULT_OPSET`.
@@ -58,6 +111,11 @@ def write_build(
     def finish(folder: Path) -> None:
         for name, text in reports.items():
             (folder / name).write_text(text, encoding="utf-8")
+        if graph.meta.get("passes"):
+            text = json.dumps(graph.meta["passes"], indent=2) + "\n"
+            (folder / "passes.json").write_text(text, encoding="utf-8")
+        if weights is not None:
+            write_weights(folder, weights)
         if onnx:
             from nlc.emit.onnx import export_onnx
 

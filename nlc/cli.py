@@ -42,6 +42,17 @@ SetOpt = Annotated[
     ),
 ]
 
+PassOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pass",
+        metavar="NAME:KEY=VALUE,...",
+        help="Run a pass after the spec's passes, e.g. --pass svd:rank=0.5,select=h.*.fc "
+        "(repeatable; nlc passes lists them).",
+        show_default=False,
+    ),
+]
+
 DimOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -83,11 +94,11 @@ def main(
     """Commands take a spec file; run `nlc COMMAND --help` for details."""
 
 
-def _load(spec: Path, overrides: list[str] | None):
+def _load(spec: Path, overrides: list[str] | None, passes: list[str] | None = None):
     from nlc.api import load
-    from nlc.frontend.load import parse_overrides
+    from nlc.frontend.load import parse_overrides, parse_passes
 
-    return load(spec, parse_overrides(overrides or []))
+    return load(spec, parse_overrides(overrides or []), parse_passes(passes or []))
 
 
 def _dim_sizes(spec, graph, items: list[str]) -> dict[str, int]:
@@ -128,6 +139,17 @@ def build(
         ),
     ] = None,
     set_: SetOpt = None,
+    pass_: PassOpt = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            metavar="PATH",
+            help="Trained weights (a state dict, a checkpoint, or an nlc train run folder): "
+            "the passes transform them with the graph, and the build writes weights.pt.",
+            show_default=False,
+        ),
+    ] = None,
     no_onnx: Annotated[
         bool, typer.Option("--no-onnx", help="Do not export model.onnx (nor verify it).")
     ] = False,
@@ -152,9 +174,15 @@ def build(
     onnxruntime against PyTorch."""
 
     def go():
-        from nlc.api import write_build
+        from nlc.api import load_trained, write_build
+        from nlc.frontend.load import parse_overrides, parse_passes
 
-        loaded, graph = _load(spec, set_)
+        trained = None
+        if weights is None:
+            loaded, graph = _load(spec, set_, pass_)
+        else:
+            overrides, steps = parse_overrides(set_ or []), parse_passes(pass_ or [])
+            loaded, graph, trained = load_trained(spec, weights, overrides, steps)
         with err.status("building (ONNX export and verification take a while)"):
             path = write_build(
                 loaded,
@@ -163,6 +191,7 @@ def build(
                 onnx=not no_onnx,
                 opset=opset,
                 verify=not skip_verify,
+                weights=trained,
             )
         out.print(f"built [bold]{graph.name}[/] ({graph.num_params():,} parameters) -> {path}")
         if not no_onnx:
@@ -189,6 +218,7 @@ def _onnx_summary(report: dict) -> str:
 def check(
     spec: SpecArg,
     set_: SetOpt = None,
+    pass_: PassOpt = None,
     dim: DimOpt = None,
 ) -> None:
     """Validate SPEC, infer shapes, and print a per-layer table with totals."""
@@ -196,7 +226,7 @@ def check(
     def go():
         from nlc.analysis.counts import node_counts
 
-        loaded, graph = _load(spec, set_)
+        loaded, graph = _load(spec, set_, pass_)
         sizes = _dim_sizes(loaded, graph, dim or [])
         rows = node_counts(graph, sizes)
         at = ", ".join(f"{k}={v}" for k, v in sizes.items())
@@ -534,13 +564,13 @@ def calibrate(
 
 
 @app.command()
-def ir(spec: SpecArg, set_: SetOpt = None) -> None:
+def ir(spec: SpecArg, set_: SetOpt = None, pass_: PassOpt = None) -> None:
     """Print the IR of SPEC, one line per node."""
 
     def go():
         from nlc.ir.printer import format_graph
 
-        _, graph = _load(spec, set_)
+        _, graph = _load(spec, set_, pass_)
         sys.stdout.write(format_graph(graph))
 
     _run(go)
@@ -596,6 +626,29 @@ def schema() -> None:
     from nlc.frontend.reference import schema_text
 
     sys.stdout.write(schema_text())
+
+
+@app.command()
+def passes() -> None:
+    """List the graph passes a spec's `passes:` or --pass can run, with their options."""
+
+    def go():
+        from rich.markup import escape
+
+        from nlc.passes import PASSES
+
+        table = Table(title="passes")
+        for col in ("pass", "options", "description"):
+            table.add_column(col)
+        for name in sorted(PASSES):
+            fields = PASSES[name].Options.model_fields
+            options = ", ".join(
+                k if f.is_required() else f"{k}={f.default!r}" for k, f in fields.items()
+            )
+            table.add_row(name, escape(options), escape(PASSES[name].doc))
+        out.print(table)
+
+    _run(go)
 
 
 @app.command()

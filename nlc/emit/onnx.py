@@ -23,6 +23,7 @@ from nlc.errors import NlcError
 from nlc.ir import Graph
 from nlc.ir.graph import Value
 from nlc.ir.types import DTYPES, FLOAT_DTYPES
+from nlc.weights import WEIGHTS_FILE
 
 # torch's dynamo exporter translates to opset 18 and converts up; every zoo model exports and
 # verifies at 18..25 (torch 2.13, onnxruntime 1.31). 20 has Gelu and is widely supported by
@@ -47,7 +48,8 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Write `package_dir/model.onnx` for the package written there, and verify it.
 
-    The weights come from a fixed seed, so the same spec gives the same file. Returns the
+    The weights are the build's weights.pt if it has one, else from a fixed seed, so the same
+    spec gives the same file. Returns the
     report: opset, size in bytes, the dynamic dims and, when verified, the checks: for each
     size tried, the max abs error and the scale of each output. Raises NlcError when export
     or a check fails. `opset` None means DEFAULT_OPSET.
@@ -63,7 +65,7 @@ def export_onnx(
     limits = symbol_limits(graph)
     sizes = example_sizes(graph, limits)
     with imported_package(package_dir, graph.name) as package, torch.random.fork_rng(devices=[]):
-        model = seeded_model(package)
+        model = seeded_model(package, package_dir)
         program = _export(model, graph, example_inputs(graph, sizes[0], SEED), limits, opset)
         _save(program, path, json.loads((package_dir / "build.json").read_text()))
         _check(path)
@@ -142,10 +144,15 @@ def imported_package(package_dir: Path, name: str) -> Iterator[ModuleType]:
             del sys.modules[key]
 
 
-def seeded_model(package: ModuleType) -> torch.nn.Module:
-    """The package's model in eval mode, with the weights that go into model.onnx."""
+def seeded_model(package: ModuleType, folder: Path | None = None) -> torch.nn.Module:
+    """The package's model in eval mode, with the weights that go into model.onnx: the
+    build's weights.pt (trained, or transformed by passes) if `folder` has one, else seeded."""
     torch.manual_seed(SEED)
-    return package.Model().eval()
+    model = package.Model().eval()
+    trained = folder / WEIGHTS_FILE if folder is not None else None
+    if trained is not None and trained.is_file():
+        model.load_state_dict(torch.load(trained, map_location="cpu", weights_only=True))
+    return model
 
 
 def example_inputs(

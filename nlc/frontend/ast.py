@@ -92,6 +92,19 @@ class BlockSpec(SpecItem):
     outputs: list[str] | None = None
 
 
+class PassSpec(SpecItem):
+    """A graph pass and its options (`nlc passes` lists the passes and their options)."""
+
+    noun, example = "pass", "{pass: svd, select: 'h.*.fc', rank: 0.5}"
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = Field(alias="pass")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class ModelSpec(SpecItem):
     """A spec file, version 1."""
 
@@ -111,6 +124,10 @@ class ModelSpec(SpecItem):
     )
     dims: dict[str, int] = Field(
         default={}, description="sizes of symbolic dims for the cost report (default 1)"
+    )
+    passes: list[PassSpec] = Field(
+        default=[],
+        description="compression passes applied in order after lowering (decompositions, ...)",
     )
     train: TrainSpec | None = Field(
         default=None, description="how `nlc train` trains the model; adds train.py to the build"

@@ -56,6 +56,8 @@ def settings_of(spec: ModelSpec) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, SpecItem):
         return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     return value
 
 

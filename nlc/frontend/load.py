@@ -187,6 +187,45 @@ def _check_override(
 _KINDS = {int: "an int", float: "a float", bool: "true or false", str: "text"}
 
 
+def parse_passes(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """`--pass` values, `name:key=value,key=value`, to (name, options); values are YAML
+    (`ranks=[8, 16]`), and commas inside brackets do not split.
+
+    >>> parse_passes(["svd:rank=0.5,select=h.*.fc", "tucker:rank=[8, 16]", "cp"])
+    [('svd', {'rank': 0.5, 'select': 'h.*.fc'}), ('tucker', {'rank': [8, 16]}), ('cp', {})]
+    """
+    steps = []
+    for item in items:
+        name, _, rest = item.partition(":")
+        options: dict[str, Any] = {}
+        for part in _split_top(rest):
+            key, sep, text = part.partition("=")
+            if not sep or not key.strip() or not name.strip():
+                raise NlcError(
+                    f"--pass {item!r} is not of the form name:key=value,...",
+                    None,
+                    "e.g. --pass svd:rank=0.5,select=h.*.fc (nlc passes lists the options)",
+                )
+            try:
+                options[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError:
+                options[key.strip()] = text
+        steps.append((name.strip(), options))
+    return steps
+
+
+def _split_top(text: str) -> list[str]:
+    """`text` split at the commas outside brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
 def validate(model: type[BaseModel], data: Any, pos: Positions):
     """Validate a loaded document against `model` and give its items their positions."""
     if not isinstance(data, dict):

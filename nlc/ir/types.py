@@ -85,3 +85,11 @@ class TensorType:
 
     def __str__(self) -> str:
         return f"{self.dtype}[{','.join(dim_str(d) for d in self.shape)}]"
+
+
+def types_equal(a: list[TensorType], b: list[TensorType]) -> bool:
+    """Whether two lists of output types agree: dtypes, ranks and every dim (symbolically)."""
+    return len(a) == len(b) and all(
+        x.dtype == y.dtype and x.rank == y.rank and all(map(dims_equal, x.shape, y.shape))
+        for x, y in zip(a, b, strict=True)
+    )

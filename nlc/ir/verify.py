@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from nlc.ir.graph import Graph, Node, Param
-from nlc.ir.types import dims_equal
+from nlc.ir.types import types_equal
 
 _QUALIFIED = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.([A-Za-z][A-Za-z0-9_]*|\d+))*\Z")
 
@@ -55,10 +55,7 @@ def _check_op(graph: Graph, node: Node) -> None:
         declared = op.params(node.attrs, ins)
     except ShapeError as e:
         raise VerifyError(f"{node.name}: the inputs break {node.op}'s shape rule: {e}") from None
-    if len(outs) != len(node.outputs) or any(
-        a.dtype != b.dtype or a.rank != b.rank or not all(map(dims_equal, a.shape, b.shape))
-        for a, b in zip(outs, node.outputs, strict=True)
-    ):
+    if not types_equal(outs, node.outputs):
         got = ", ".join(map(str, node.outputs))
         want = ", ".join(map(str, outs))
         raise VerifyError(f"{node.name}: recorded type {got}, shape rule gives {want}")

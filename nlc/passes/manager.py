@@ -1,0 +1,90 @@
+"""Run a pipeline of passes by name: validate options, work on a copy, verify after each."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from nlc.errors import NlcError, did_you_mean
+from nlc.ir import Graph
+from nlc.ir.verify import VerifyError, verify
+from nlc.passes.base import PASSES, Options, Pass, Weights
+from nlc.weights import check_weights
+
+if TYPE_CHECKING:
+    from nlc.targets import Target
+
+
+def run_passes(
+    graph: Graph,
+    weights: Weights | None,
+    steps: list[tuple[str, dict[str, Any]]],
+    target: Target | None = None,
+) -> tuple[Graph, Weights | None, list[dict[str, Any]]]:
+    """Apply `steps` (pass name, options) in order to a copy of `graph` (and of the `weights`
+    dict; None for a structural run) and return the new graph, weights and the passes' report
+    rows. The verifier runs after every pass, and the weights must still fit the graph."""
+    passes = [(_lookup(name), _options(name, raw)) for name, raw in steps]
+    graph = copy.deepcopy(graph)
+    weights = None if weights is None else dict(weights)
+    report: list[dict[str, Any]] = []
+    for i, (p, options) in enumerate(passes):
+        try:
+            result = p.run(graph, weights, options, target)
+        except NlcError as e:  # a user error: which layer, option or weight is wrong
+            raise NlcError(f"pass {p.name!r}: {e.message}", e.loc, e.hint) from None
+        except VerifyError as e:  # a rewrite that changes a shape: a bug of the pass
+            raise _broke(p, passes[:i], str(e)) from None
+        graph, weights = result.graph, result.weights
+        report += result.report
+        try:
+            verify(graph)
+            if weights is not None:
+                check_weights(weights, graph, f"the weights after pass {p.name!r}")
+        except (VerifyError, NlcError) as e:
+            raise _broke(p, passes[:i], getattr(e, "message", str(e))) from None
+    return graph, weights, report
+
+
+def _broke(p: Pass, earlier: list[tuple[Pass, Options]], problem: str) -> NlcError:
+    names = ", ".join(repr(q.name) for q, _ in earlier) or "none"
+    return NlcError(
+        f"pass {p.name!r} broke the model: {problem}",
+        None,
+        f"passes run before it: {names}; run it alone to narrow the failure down",
+    )
+
+
+def _lookup(name: str) -> Pass:
+    p = PASSES.get(name)
+    if p is None:
+        raise NlcError(
+            f"unknown pass {name!r}",
+            None,
+            did_you_mean(name, PASSES) or f"the passes: {', '.join(sorted(PASSES))}",
+        )
+    return p
+
+
+def _options(name: str, raw: dict[str, Any] | None) -> Options:
+    model = PASSES[name].Options
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            raise NlcError(
+                f"pass {name!r} has no option {key!r}",
+                None,
+                did_you_mean(key, model.model_fields)
+                or f"its options: {', '.join(model.model_fields)}",
+            ) from None
+        field = model.model_fields.get(key)
+        raise NlcError(
+            f"pass {name!r}, option {key!r}: {err['msg'].removeprefix('Value error, ')}",
+            None,
+            field.description if field is not None else None,
+        ) from None

@@ -1,0 +1,105 @@
+"""The `rank` option shared by the decomposition passes, and how a rank is chosen.
+
+A rank is an int (absolute, capped at the full rank), a float in (0, 1] (that fraction of the
+full rank, rounded, at least 1; `1.0` is the full rank, `1` is rank one), or `{energy: e}`: the
+smallest rank whose leading singular values keep the fraction `e` of the squared singular values
+of the relevant unfolding. `energy` needs weights. What "full rank" means is each pass's own:
+min(in, out) for SVD, per mode for Tucker, and see the CP and TT passes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+from nlc.errors import NlcError
+
+if TYPE_CHECKING:  # torch is only needed with weights
+    import torch
+
+
+class Energy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    energy: float = Field(gt=0, le=1, description="fraction of the squared singular values kept")
+
+
+def _parse(value: Any) -> int | float | Energy:
+    """One clear message for a bad rank (a plain union would list a failure per member)."""
+    if isinstance(value, bool):
+        raise ValueError("a rank is a number, not true/false")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"an absolute rank must be at least 1, got {value}")
+        return value
+    if isinstance(value, float):
+        if not 0 < value <= 1:
+            raise ValueError(
+                f"a fractional rank must be in (0, 1], got {value}; write an int for an "
+                "absolute rank"
+            )
+        return value
+    if isinstance(value, Energy):
+        return value
+    if isinstance(value, dict):
+        try:
+            return Energy.model_validate(value)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            raise ValueError(f"{{energy: e}} with 0 < e <= 1: {where}: {err['msg']}") from None
+    raise ValueError(f"a rank is an int, a fraction in (0, 1] or {{energy: e}}, got {value!r}")
+
+
+def _parse_pair(value: Any) -> int | float | Energy | tuple[int | float | Energy, ...]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"give one rank for both modes or a list [in, out], got {value}")
+        return tuple(map(_parse, value))
+    return _parse(value)
+
+
+Rank = Annotated[int | float | Energy, PlainValidator(_parse)]
+# One rank for two modes, or [in, out]: Tucker's input- and output-channel ranks.
+RankPair = Annotated[Rank | tuple[Rank, Rank], PlainValidator(_parse_pair)]
+
+
+def require_weights(rank: Rank | tuple[Rank, ...], weights: object) -> None:
+    """`energy` ranks come from singular values, which a structural run does not have."""
+    energy = [r for r in (rank if isinstance(rank, tuple) else (rank,)) if isinstance(r, Energy)]
+    if weights is None and energy:
+        raise NlcError(
+            f"rank {{energy: {energy[0].energy}}} needs the weights, and this run has none "
+            "(structural mode)",
+            None,
+            "give weights (a checkpoint), or an absolute rank (int) or a fraction of the full "
+            "rank (float in (0, 1])",
+        )
+
+
+def choose(rank: Rank, full: int, matrix: torch.Tensor | None = None) -> int:
+    """The rank to use given the full one; `energy` counts the singular values of `matrix`,
+    the unfolding that rank truncates.
+
+    >>> choose(8, 5), choose(0.5, 5), choose(1.0, 5), choose(0.01, 5)
+    (5, 3, 5, 1)
+    """
+    if isinstance(rank, Energy):
+        import torch
+
+        assert matrix is not None, "require_weights() checks energy ranks have weights"
+        power = torch.linalg.svdvals(matrix.double()) ** 2
+        total = float(power.sum())
+        if total == 0:
+            return 1
+        kept = power.cumsum(0) / total
+        return min(full, int((kept < rank.energy - 1e-12).sum()) + 1)
+    if isinstance(rank, float):
+        return max(1, min(full, int(rank * full + 0.5)))
+    return min(rank, full)
+
+
+def unfold(tensor: torch.Tensor, mode: int) -> torch.Tensor:
+    """The mode-`mode` unfolding: that mode's fibres as columns, [size of mode, rest]."""
+    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)

@@ -1,0 +1,80 @@
+"""Tucker-2: a convolution becomes 1x1 in, a small core convolution, 1x1 out (`tucker_conv2d`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from nlc.ir import Graph, Node
+from nlc.passes.base import PassResult, Weights, register
+from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
+from nlc.passes.rank import RankPair, choose, unfold
+from nlc.passes.select import Selection
+
+if TYPE_CHECKING:
+    import torch
+
+    from nlc.targets import Target
+
+
+class TuckerOptions(Selection):
+    ops: list[Literal["conv2d"]] = Field(default=["conv2d"], description="op types to rewrite")
+    rank: RankPair = Field(
+        default=0.5,
+        description="one rank for the input- and output-channel modes, or [in, out]: int, "
+        "float in (0, 1] (fraction of that mode's full rank) or {energy: e} (needs weights)",
+    )
+    n_iter_max: int = Field(default=100, gt=0, description="HOOI iterations at most")
+    tol: float = Field(default=1e-5, ge=0, description="stop when the error changes less")
+
+
+@register("tucker", TuckerOptions)
+def tucker(
+    graph: Graph, weights: Weights | None, options: TuckerOptions, target: Target | None = None
+) -> PassResult:
+    """Factor convolutions by Tucker-2 on the channel modes of the weight [out, cin, kh, kw].
+
+    TensorLy's `partial_tucker` (HOOI from an SVD init, so deterministic) on modes 0 and 1;
+    the kernel modes stay whole in the core. The full rank of a mode is the rank its
+    unfolding can have: min(cin, out*kh*kw) for the input channels, min(out, cin*kh*kw) for
+    the output channels; at full rank the decomposition is exact.
+    """
+    return decompose("tucker", graph, weights, options, _plan)
+
+
+def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:
+    out, cin, kh, kw = node.params["weight"].shape
+    full = (min(cin, out * kh * kw), min(out, cin * kh * kw))  # [in, out]
+    want = options.rank if isinstance(options.rank, tuple) else (options.rank,) * 2
+    if tensors is None:
+        ranks = [choose(r, f) for r, f in zip(want, full, strict=True)]
+        return Plan("tucker_conv2d", attrs_for("tucker_conv2d", node, ranks=ranks), ranks)
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+    from tensorly.tenalg import multi_mode_dot
+
+    w = tensors["weight"].double()
+    r_in = choose(want[0], full[0], unfold(w, 1))
+    r_out = choose(want[1], full[1], unfold(w, 0))
+    with tl.backend_context("pytorch"):
+        (core, (u_out, u_in)), _ = partial_tucker(
+            w,
+            rank=[r_out, r_in],
+            modes=[0, 1],
+            init="svd",
+            n_iter_max=options.n_iter_max,
+            tol=options.tol,
+            random_state=0,
+        )
+        approx = multi_mode_dot(core, [u_out, u_in], modes=[0, 1])
+    factors = {
+        "0.weight": u_in.T[:, :, None, None],
+        "1.weight": core,
+        "2.weight": u_out[:, :, None, None],
+    }
+    if "bias" in tensors:
+        factors["2.bias"] = tensors["bias"]
+    ranks = [r_in, r_out]
+    attrs = attrs_for("tucker_conv2d", node, ranks=ranks)
+    return Plan("tucker_conv2d", attrs, ranks, factors, relative_error(w, approx))
