@@ -101,6 +101,19 @@ def _load(spec: Path, overrides: list[str] | None, passes: list[str] | None = No
     return load(spec, parse_overrides(overrides or []), parse_passes(passes or []))
 
 
+def _load_weights(
+    spec: Path, overrides: list[str] | None, passes: list[str] | None, weights: Path | None
+):
+    """`_load`, and with `weights` also the trained weights, transformed by the passes."""
+    if weights is None:
+        return (*_load(spec, overrides, passes), None)
+    from nlc.api import load_trained
+    from nlc.frontend.load import parse_overrides, parse_passes
+
+    steps = parse_passes(passes or [])
+    return load_trained(spec, weights, parse_overrides(overrides or []), steps)
+
+
 def _dim_sizes(spec, graph, items: list[str]) -> dict[str, int]:
     """Sizes of the symbolic dims for MAC counts: 1, or what `--dim` says."""
     from nlc.frontend.load import parse_overrides
@@ -174,15 +187,9 @@ def build(
     onnxruntime against PyTorch."""
 
     def go():
-        from nlc.api import load_trained, write_build
-        from nlc.frontend.load import parse_overrides, parse_passes
+        from nlc.api import write_build
 
-        trained = None
-        if weights is None:
-            loaded, graph = _load(spec, set_, pass_)
-        else:
-            overrides, steps = parse_overrides(set_ or []), parse_passes(pass_ or [])
-            loaded, graph, trained = load_trained(spec, weights, overrides, steps)
+        loaded, graph, trained = _load_weights(spec, set_, pass_, weights)
         with err.status("building (ONNX export and verification take a while)"):
             path = write_build(
                 loaded,
@@ -391,6 +398,17 @@ def train(
     spec: SpecArg,
     output: RunOpt = None,
     set_: SetOpt = None,
+    pass_: PassOpt = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            metavar="PATH",
+            help="Fine-tune from trained weights (a state dict, checkpoint or run folder), "
+            "transformed by the spec's passes and --pass (e.g. a pruned or factorized model).",
+            show_default=False,
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue the run in the folder from its newest checkpoint."),
@@ -416,9 +434,9 @@ def train(
     def go():
         from nlc.train.run import prepare_run, run_script, train_command
 
-        loaded, graph = _load(spec, set_)
+        loaded, graph, trained = _load_weights(spec, set_, pass_, weights)
         run = output or Path("runs") / graph.name
-        prepare_run(loaded, graph, run, resume, lr_find)
+        prepare_run(loaded, graph, run, resume, lr_find, trained)
         code = run_script(run, train_command(loaded, graph, run, resume, lr_find, nproc))
         if code:
             err.print(

@@ -12,14 +12,21 @@ from nlc.errors import NlcError
 from nlc.frontend.load import Spec
 from nlc.ir import Graph
 from nlc.train.data_check import check_data
+from nlc.weights import WEIGHTS_FILE, Weights
 
 PACKAGE = "package"  # the run folder's copy of the generated package
 
 
 def prepare_run(
-    spec: Spec, graph: Graph, run: Path, resume: bool = False, lr_find: bool = False
+    spec: Spec,
+    graph: Graph,
+    run: Path,
+    resume: bool = False,
+    lr_find: bool = False,
+    weights: Weights | None = None,
 ) -> Path:
-    """Check the data and the run folder, then build the package into `run/package`."""
+    """Check the data and the run folder, then build the package into `run/package`, with
+    `weights` (to fine-tune from) as its weights.pt."""
     from nlc.api import write_build
     from nlc.emit.package import package_files
 
@@ -53,14 +60,15 @@ def prepare_run(
             None,
             "resume with the spec and --set values the run started with (its package/spec.yaml)",
         )
-    write_build(spec, graph, run / PACKAGE, onnx=False)
+    write_build(spec, graph, run / PACKAGE, onnx=False, weights=weights)
     return run
 
 
 def train_command(
     spec: Spec, graph: Graph, run: Path, resume: bool, lr_find: bool, nproc: int
 ) -> list[str]:
-    """The command line that runs the generated train.py for `run`."""
+    """The command line that runs the generated train.py for `run`; it starts from the
+    package's weights.pt when the build has one."""
     if nproc < 1:
         raise NlcError(f"--nproc {nproc}: needs at least 1 process", None, "e.g. --nproc 2")
     train = spec.ast.train
@@ -74,6 +82,8 @@ def train_command(
         )
     options = ["--run", str(run), "--data-root", str(spec.data_root)]
     options += ["--resume"] * resume + ["--lr-find"] * lr_find
+    init = run / PACKAGE / WEIGHTS_FILE
+    options += ["--init", str(init)] if init.is_file() else []
     if nproc == 1:
         return [sys.executable, "-m", f"{graph.name}.train", *options]
     # `--` ends torchrun's own options: it would read --run as an abbreviation of --run-path.

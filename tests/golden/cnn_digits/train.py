@@ -124,6 +124,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--lr-find", action="store_true", help="run the LR range test and exit")
     parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from these weights (a state dict, e.g. a build's weights.pt), not a fresh init",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -389,9 +394,16 @@ class Trainer:
     """The training loop, evaluation, checkpoints and the LR range test."""
 
     def __init__(
-        self, cfg: SimpleNamespace, config: dict[str, Any], run: Path, data_root: Path, resume: bool
+        self,
+        cfg: SimpleNamespace,
+        config: dict[str, Any],
+        run: Path,
+        data_root: Path,
+        resume: bool,
+        init: Path | None = None,
     ) -> None:
         self.started = time.perf_counter()
+        self.init = init
         self.cfg, self.config, self.run = cfg, config, run
         self.rank, self.world, self.device = setup_device()
         self.main = self.rank == 0
@@ -464,6 +476,9 @@ class Trainer:
         """The model, its DDP form, the optimizer and the LR schedule."""
         cfg = self.cfg
         self.model = Model()
+        if self.init is not None:  # weights to fine-tune (a checkpoint on --resume replaces them)
+            self.model.load_state_dict(torch.load(self.init, map_location="cpu", weights_only=True))
+            self.out.log(f"initial weights: {self.init}")
         self.model.to(self.device)
         self.net = distribute(self.model, self.world, self.device)
         self.forward = self.net
@@ -786,7 +801,7 @@ def environment(trainer: Trainer) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     config = load_config(args.set)
-    trainer = Trainer(namespace(config), config, args.run, args.data_root, args.resume)
+    trainer = Trainer(namespace(config), config, args.run, args.data_root, args.resume, args.init)
     if args.lr_find:
         trainer.lr_find()
     else:
