@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nlc.errors import NlcError, did_you_mean
 from nlc.frontend import load_spec, lower
 from nlc.frontend.load import Spec
 from nlc.ir import Graph
 from nlc.weights import Weights, check_weights, read_weights, write_weights
+
+if TYPE_CHECKING:
+    from nlc.targets import Target
 
 PassSteps = list[tuple[str, dict[str, Any]]]  # `--pass` steps: name and options
 
@@ -48,21 +51,29 @@ def compress(
     spec: Spec, graph: Graph, weights: Weights | None, passes: PassSteps | None = None
 ) -> tuple[Graph, Weights | None]:
     """Run the spec's passes, then `passes`; each pass's report rows go to
-    `graph.meta["passes"]`. A bad pass or option is reported at its spec item."""
+    `graph.meta["passes"]`. A bad pass or option is reported at its spec item.
+
+    The passes see the spec's first target (`rank: auto` asks it what runs faster) and its
+    `dims` (`graph.meta["dims"]`). The graph and weights before the passes stay in
+    `graph.meta["dense"]` and `graph.meta["dense_weights"]`, for the before/after report."""
     steps = [(p.name, p.options, spec.ast.at("passes", i)) for i, p in enumerate(spec.ast.passes)]
     steps += [(name, options, None) for name, options in passes or []]
     if not steps:
         return graph, weights
     from nlc.passes.manager import run_passes
 
+    graph.meta["dims"] = dict(spec.ast.dims)
+    target = _spec_targets(spec)[0] if spec.ast.targets else None
+    dense, dense_weights = graph, weights  # run_passes works on copies: these stay as they are
     rows: list[dict[str, Any]] = []
     for name, options, loc in steps:
         try:
-            graph, weights, report = run_passes(graph, weights, [(name, options)])
+            graph, weights, report = run_passes(graph, weights, [(name, options)], target)
         except NlcError as e:
             raise NlcError(e.message, e.loc or loc, e.hint) from None
         rows += [{"pass": name, **row} for row in report]
     graph.meta["passes"] = rows
+    graph.meta["dense"], graph.meta["dense_weights"] = dense, dense_weights
     return graph, weights
 
 
@@ -97,7 +108,9 @@ def write_build(
 
     `weights` (trained, or transformed by passes) go to `weights.pt`, which loads into the
     package's `Model`, and into model.onnx; without them the ONNX weights are seeded.
-    `graph.meta["passes"]`, the passes' report, goes to `passes.json`.
+    `graph.meta["passes"]`, the passes' report, goes to `passes.json`; after passes,
+    `compression.md` and `compression.json` compare the model before and after them
+    (`nlc.analysis.compare`), with both models' measured onnxruntime latency when `onnx`.
 
     With `onnx`, the package also gets `model.onnx` (seeded weights, dynamic symbolic dims)
     and `onnx.json`, the export report; `opset` None means `nlc.emit.onnx.DEFAULT_OPSET`.
@@ -117,10 +130,18 @@ def write_build(
         if weights is not None:
             write_weights(folder, weights)
         if onnx:
-            from nlc.emit.onnx import export_onnx
+            from nlc.emit.onnx import ONNX_FILE, export_onnx
 
             report = export_onnx(folder, graph, opset, verify)
             (folder / "onnx.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if "dense" in graph.meta:
+            from nlc.analysis.compare import compression_report
+            from nlc.targets import load_target
+
+            targets = _spec_targets(spec) or [load_target("cpu")]
+            onnx_path = folder / ONNX_FILE if onnx else None
+            for name, text in compression_report(spec, graph, targets, onnx_path, opset).items():
+                (folder / name).write_text(text, encoding="utf-8")
 
     return write_package(graph, spec, out_dir, finish)
 
@@ -130,7 +151,6 @@ def cost_report(spec: Spec, graph: Graph) -> dict[str, str]:
     symbolic dims sized by the spec's `dims` (default 1)."""
     from nlc.analysis.cost import analyze
     from nlc.analysis.report import render_report
-    from nlc.targets import load_target
 
     ast = spec.ast
     if not ast.targets:
@@ -144,12 +164,18 @@ def cost_report(spec: Spec, graph: Graph) -> dict[str, str]:
                 or f"symbolic dims: {', '.join(graph.meta['symbols']) or 'none'}",
             )
     sizes = {s: ast.dims.get(s, 1) for s in graph.meta["symbols"]}
-    costs = []
-    for i, name in enumerate(ast.targets):
+    return render_report([analyze(graph, target, sizes) for target in _spec_targets(spec)])
+
+
+def _spec_targets(spec: Spec) -> list[Target]:
+    """The spec's `targets`, files relative to the spec; errors point at the entry."""
+    from nlc.targets import load_target
+
+    targets = []
+    for i, name in enumerate(spec.ast.targets):
         where = spec.path.parent / name if name.endswith((".yaml", ".yml")) else name
         try:
-            target = load_target(where)
+            targets.append(load_target(where))
         except NlcError as e:
-            raise NlcError(e.message, e.loc or ast.at("targets", i), e.hint) from None
-        costs.append(analyze(graph, target, sizes))
-    return render_report(costs)
+            raise NlcError(e.message, e.loc or spec.ast.at("targets", i), e.hint) from None
+    return targets

@@ -107,7 +107,7 @@ def _options(name: str, rank, modes: int) -> dict:
 @EXAMPLES
 @given(
     any_specs,
-    st.sampled_from(sorted(PASSES)),
+    st.sampled_from(sorted(FULL)),
     st.sampled_from([1, 2, 0.3, 0.5, 1.0]),
     st.sampled_from([2, 3]),
 )
@@ -127,7 +127,7 @@ def test_structural_pass_keeps_interface_and_builds(builder, case, name, rank, m
 
 
 @EXAMPLES
-@given(any_specs, st.sampled_from(sorted(PASSES)))
+@given(any_specs, st.sampled_from(sorted(FULL)))
 def test_full_rank_reproduces_the_dense_model(builder, case, name):
     spec, graph = _load(builder, case.spec)
     dense = _seeded(_package(builder, graph, spec))

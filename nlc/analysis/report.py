@@ -183,16 +183,16 @@ def markdown(costs: list[Cost]) -> str:
     when there are several targets), the five slowest nodes of each analysis, and the
     per-node details of the first."""
     out = [f"# Cost of {costs[0].graph}", "", *(f"- {setting(c)}" for c in costs), ""]
-    out += ["## Totals", "", *_md_table(compare_table(costs)), ""]
+    out += ["## Totals", "", *md_table(compare_table(costs)), ""]
     for c in costs:
-        out += [f"## Slowest nodes on {_column(c)}", "", *_md_table(top_table(c)), ""]
+        out += [f"## Slowest nodes on {_column(c)}", "", *md_table(top_table(c)), ""]
     if len(costs) > 1:
-        out += ["## Per node, side by side", "", *_md_table(layer_compare_table(costs)), ""]
-    out += [f"## Per node on {_column(costs[0])}", "", *_md_table(layer_table(costs[0])), ""]
+        out += ["## Per node, side by side", "", *md_table(layer_compare_table(costs)), ""]
+    out += [f"## Per node on {_column(costs[0])}", "", *md_table(layer_table(costs[0])), ""]
     return "\n".join(out)
 
 
-def _md_table(table: Table) -> list[str]:
+def md_table(table: Table) -> list[str]:
     headers, rows = table
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]

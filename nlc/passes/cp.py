@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from nlc.ir import Graph, Node
+from nlc.passes.auto import Decomposition
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
 from nlc.passes.rank import Rank, choose, unfold
-from nlc.passes.select import Selection
 
 if TYPE_CHECKING:
     import torch
@@ -20,13 +20,13 @@ if TYPE_CHECKING:
     from nlc.targets import Target
 
 
-class CpOptions(Selection):
+class CpOptions(Decomposition):
     ops: list[Literal["conv2d"]] = Field(default=["conv2d"], description="op types to rewrite")
     rank: Rank = Field(
         default=0.25,
         description="int (absolute), float in (0, 1] (fraction of the exact rank, the weight's "
         "size over its largest dimension) or {energy: e} (rank of the output-channel "
-        "unfolding keeping that energy; needs weights)",
+        "unfolding keeping that energy; needs weights) or auto (see max_error, target)",
     )
     n_iter_max: int = Field(default=200, gt=0, description="ALS iterations at most")
     tol: float = Field(default=1e-8, ge=0, description="stop when the error changes less")
@@ -44,12 +44,16 @@ def cp(
     from TensorLy's `parafac` (ALS from an SVD init, deterministic), with the weights of the
     terms folded into the output factor.
     """
-    return decompose("cp", graph, weights, options, _plan)
+    return decompose("cp", graph, weights, options, _plan, full_rank, target)
+
+
+def full_rank(graph: Graph, node: Node) -> int:
+    shape = node.params["weight"].shape
+    return prod(shape) // max(shape)
 
 
 def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:
-    shape = node.params["weight"].shape
-    full = prod(shape) // max(shape)
+    full = full_rank(graph, node)
     if tensors is None:
         rank = choose(options.rank, full)
         return Plan("cp_conv2d", attrs_for("cp_conv2d", node, rank=rank), rank)

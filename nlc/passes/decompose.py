@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 from nlc.errors import NlcError
 from nlc.ir import Graph, Node
 from nlc.ops.base import Attrs
+from nlc.passes.auto import auto_plan
 from nlc.passes.base import PassResult, Weights, replace_op
-from nlc.passes.rank import require_weights
+from nlc.passes.rank import AUTO, require_weights
 from nlc.passes.select import selected
 
 if TYPE_CHECKING:
     import torch
+
+    from nlc.targets import Target
 
 
 @dataclass
@@ -32,10 +35,21 @@ class Plan:
 
 # (graph, node, the node's tensors by local name or None, options) -> a plan, or why not
 Planner = Callable[[Graph, Node, "dict[str, torch.Tensor] | None", Any], "Plan | str"]
+# (graph, node) -> the node's largest full rank: `rank: auto` tries fractions i / full of it
+FullRank = Callable[[Graph, Node], int]
+# (graph, node, tensors, max_error) -> the smallest i that an error bound does not rule out
+Floor = Callable[[Graph, Node, "dict[str, torch.Tensor]", float], int]
 
 
 def decompose(
-    name: str, graph: Graph, weights: Weights | None, options: Any, plan: Planner
+    name: str,
+    graph: Graph,
+    weights: Weights | None,
+    options: Any,
+    plan: Planner,
+    full_rank: FullRank,
+    target: Target | None,
+    floor: Floor | None = None,
 ) -> PassResult:
     require_weights(options.rank, weights)
     out = None if weights is None else dict(weights)
@@ -45,9 +59,17 @@ def decompose(
         tensors = None
         if why_not is None and out is not None:
             tensors = {k: _tensor(out, node, k) for k in node.params}
-        result = why_not or plan(graph, node, tensors, options)
+        extra: dict[str, Any] = {}  # rank auto: what the choice rests on
+        if why_not is not None:
+            result = why_not
+        elif options.rank == AUTO:
+            full = full_rank(graph, node)
+            start = floor(graph, node, tensors, options.max_error) if floor and tensors else 1
+            result, extra = auto_plan(graph, node, tensors, options, plan, full, target, start)
+        else:
+            result = plan(graph, node, tensors, options)
         if isinstance(result, str):
-            report.append({**row, "skipped": result})
+            report.append({**row, "skipped": result, **extra})
             continue
         before = _numel(node)
         replace_op(graph, node, result.op, result.attrs)
@@ -61,6 +83,7 @@ def decompose(
                 "params_after": _numel(node),
                 "rank": result.rank,
                 "error": result.error,
+                **extra,
             }
         )
     modified = any("op_after" in row for row in report)

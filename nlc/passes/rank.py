@@ -4,12 +4,14 @@ A rank is an int (absolute, capped at the full rank), a float in (0, 1] (that fr
 full rank, rounded, at least 1; `1.0` is the full rank, `1` is rank one), or `{energy: e}`: the
 smallest rank whose leading singular values keep the fraction `e` of the squared singular values
 of the relevant unfolding. `energy` needs weights. What "full rank" means is each pass's own:
-min(in, out) for SVD, per mode for Tucker, and see the CP and TT passes.
+min(in, out) for SVD, per mode for Tucker, and see the CP and TT passes. `auto` leaves the
+choice to `nlc.passes.auto`: the smallest rank within an error budget, kept only where the
+cost model predicts it faster than the dense layer.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
@@ -25,8 +27,13 @@ class Energy(BaseModel):
     energy: float = Field(gt=0, le=1, description="fraction of the squared singular values kept")
 
 
-def _parse(value: Any) -> int | float | Energy:
+AUTO = "auto"
+
+
+def _parse(value: Any) -> int | float | Energy | Literal["auto"]:
     """One clear message for a bad rank (a plain union would list a failure per member)."""
+    if value == AUTO:
+        return AUTO
     if isinstance(value, bool):
         raise ValueError("a rank is a number, not true/false")
     if isinstance(value, int):
@@ -49,18 +56,22 @@ def _parse(value: Any) -> int | float | Energy:
             err = e.errors()[0]
             where = ".".join(map(str, err["loc"]))
             raise ValueError(f"{{energy: e}} with 0 < e <= 1: {where}: {err['msg']}") from None
-    raise ValueError(f"a rank is an int, a fraction in (0, 1] or {{energy: e}}, got {value!r}")
+    raise ValueError(
+        f"a rank is an int, a fraction in (0, 1], {{energy: e}} or auto, got {value!r}"
+    )
 
 
 def _parse_pair(value: Any) -> int | float | Energy | tuple[int | float | Energy, ...]:
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ValueError(f"give one rank for both modes or a list [in, out], got {value}")
+        if AUTO in value:
+            raise ValueError("auto chooses both ranks: write rank: auto, not a list")
         return tuple(map(_parse, value))
     return _parse(value)
 
 
-Rank = Annotated[int | float | Energy, PlainValidator(_parse)]
+Rank = Annotated[int | float | Energy | Literal["auto"], PlainValidator(_parse)]
 # One rank for two modes, or [in, out]: Tucker's input- and output-channel ranks.
 RankPair = Annotated[Rank | tuple[Rank, Rank], PlainValidator(_parse_pair)]
 

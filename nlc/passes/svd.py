@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from nlc.ir import Graph, Node
+from nlc.passes.auto import Decomposition
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
-from nlc.passes.rank import Rank, choose
-from nlc.passes.select import Selection
+from nlc.passes.rank import Energy, Rank, choose
 
 if TYPE_CHECKING:
     import torch
@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from nlc.targets import Target
 
 
-class SvdOptions(Selection):
+class SvdOptions(Decomposition):
     ops: list[Literal["linear"]] = Field(default=["linear"], description="op types to rewrite")
     rank: Rank = Field(
         default=0.5,
         description="int (absolute), float in (0, 1] (fraction of min(in, out)) or "
-        "{energy: e} (fraction of the squared singular values kept; needs weights)",
+        "{energy: e} (fraction of the squared singular values kept; needs weights) "
+        "or auto (see max_error, target)",
     )
 
 
@@ -36,12 +37,20 @@ def svd(
     The singular values are split evenly between the two factors so neither dominates the
     scale; the bias stays on the second layer.
     """
-    return decompose("svd", graph, weights, options, _plan)
+    return decompose("svd", graph, weights, options, _plan, full_rank, target, _floor)
+
+
+def full_rank(graph: Graph, node: Node) -> int:
+    return min(graph.input_types(node)[0].shape[-1], node.attrs.out)
+
+
+def _floor(graph: Graph, node: Node, tensors: dict[str, torch.Tensor], max_error: float) -> int:
+    """The rank whose left-out singular values are exactly the error budget (Eckart-Young)."""
+    return choose(Energy(energy=1 - max_error**2), full_rank(graph, node), tensors["weight"])
 
 
 def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:
-    fin = graph.input_types(node)[0].shape[-1]
-    full = min(fin, node.attrs.out)
+    full = full_rank(graph, node)
     if tensors is None:
         rank = choose(options.rank, full)
         return Plan("lowrank_linear", attrs_for("lowrank_linear", node, rank=rank), rank)

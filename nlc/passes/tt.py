@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from math import prod
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from nlc.ir import Graph, Node
+from nlc.passes.auto import Decomposition
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
 from nlc.passes.rank import Rank, choose
-from nlc.passes.select import Selection
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from nlc.targets import Target
 
 
-class TtOptions(Selection):
+class TtOptions(Decomposition):
     ops: list[Literal["linear"]] = Field(default=["linear"], description="op types to rewrite")
     modes: int = Field(
         default=2,
@@ -30,7 +31,8 @@ class TtOptions(Selection):
     rank: Rank = Field(
         default=0.5,
         description="each inner TT rank: int (absolute), float in (0, 1] (fraction of that "
-        "rank's maximum) or {energy: e} (of that split's unfolding; needs weights)",
+        "rank's maximum), {energy: e} (of that split's unfolding; needs weights) "
+        "or auto (see max_error, target)",
     )
 
 
@@ -46,17 +48,36 @@ def tt(
     split of W^T can have, min(n_1...n_k, n_k+1...n_d); fractions are of it, and at full rank
     the decomposition is exact.
     """
-    return decompose("tt", graph, weights, options, _plan)
+    full = partial(full_rank, modes=options.modes)
+    return decompose("tt", graph, weights, options, _plan, full, target)
 
 
-def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan | str:
-    fin, out, d = graph.input_types(node)[0].shape[-1], node.attrs.out, options.modes
+def full_rank(graph: Graph, node: Node, modes: int) -> int:
+    """The largest full inner rank, 1 for a layer whose features do not split."""
+    parts = _split(graph, node, modes)
+    if isinstance(parts, str):
+        return 1
+    sizes = parts[2]
+    return max(min(prod(sizes[: k + 1]), prod(sizes[k + 1 :])) for k in range(modes - 1))
+
+
+def _split(graph: Graph, node: Node, d: int) -> tuple[list[int], list[int], list[int]] | str:
+    """In modes, out modes (descending) and core sizes in_k*out_k, or why there are none."""
+    fin, out = graph.input_types(node)[0].shape[-1], node.attrs.out
     in_modes, out_modes = factorize(fin, d), factorize(out, d)
     for what, n, split in (("input", fin, in_modes), ("output", out, out_modes)):
         if split is None:
             return f"its {what} features ({n}) do not split into {d} factors of at least 2"
     out_modes = out_modes[::-1]
-    sizes = [i * o for i, o in zip(in_modes, out_modes, strict=True)]
+    return in_modes, out_modes, [i * o for i, o in zip(in_modes, out_modes, strict=True)]
+
+
+def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan | str:
+    fin, out, d = graph.input_types(node)[0].shape[-1], node.attrs.out, options.modes
+    parts = _split(graph, node, d)
+    if isinstance(parts, str):
+        return parts
+    in_modes, out_modes, sizes = parts
     interleaved = None  # W^T with the modes paired (i1, o1, i2, o2, ...), for energy ranks
     if tensors is not None:
         w = tensors["weight"].double()

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from nlc.ir import Graph, Node
+from nlc.passes.auto import Decomposition
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
 from nlc.passes.rank import RankPair, choose, unfold
-from nlc.passes.select import Selection
 
 if TYPE_CHECKING:
     import torch
@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from nlc.targets import Target
 
 
-class TuckerOptions(Selection):
+class TuckerOptions(Decomposition):
     ops: list[Literal["conv2d"]] = Field(default=["conv2d"], description="op types to rewrite")
     rank: RankPair = Field(
         default=0.5,
         description="one rank for the input- and output-channel modes, or [in, out]: int, "
-        "float in (0, 1] (fraction of that mode's full rank) or {energy: e} (needs weights)",
+        "float in (0, 1] (fraction of that mode's full rank), {energy: e} (needs weights) "
+        "or auto (see max_error, target)",
     )
     n_iter_max: int = Field(default=100, gt=0, description="HOOI iterations at most")
     tol: float = Field(default=1e-5, ge=0, description="stop when the error changes less")
@@ -40,12 +41,21 @@ def tucker(
     unfolding can have: min(cin, out*kh*kw) for the input channels, min(out, cin*kh*kw) for
     the output channels; at full rank the decomposition is exact.
     """
-    return decompose("tucker", graph, weights, options, _plan)
+    return decompose("tucker", graph, weights, options, _plan, full_rank, target)
+
+
+def full_rank(graph: Graph, node: Node) -> int:
+    return max(_full(node))
+
+
+def _full(node: Node) -> tuple[int, int]:
+    """The full ranks [in, out] of the input- and output-channel modes."""
+    out, cin, kh, kw = node.params["weight"].shape
+    return min(cin, out * kh * kw), min(out, cin * kh * kw)
 
 
 def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:
-    out, cin, kh, kw = node.params["weight"].shape
-    full = (min(cin, out * kh * kw), min(out, cin * kh * kw))  # [in, out]
+    full = _full(node)
     want = options.rank if isinstance(options.rank, tuple) else (options.rank,) * 2
     if tensors is None:
         ranks = [choose(r, f) for r, f in zip(want, full, strict=True)]

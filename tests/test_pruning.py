@@ -1,0 +1,292 @@
+"""The pruning passes: unstructured `prune` (zeros) and structured `channels` (removes channels).
+
+The key property of `channels`: the physically pruned model computes what the dense model
+computes with the removed channels zeroed (their producing rows, biases and norm affines set
+to 0), on random CNNs with residual, projection, concat and depthwise blocks and on MLPs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from strategies import Case, _cnn_blocks, _spec, any_specs
+from test_passes import SMALL, _inputs, _interface, _load, _package, _seeded
+
+import nlc
+from nlc.errors import NlcError
+from nlc.ir.printer import format_graph
+from nlc.ir.verify import verify
+from nlc.passes import PASSES, run_passes
+from nlc.passes.channels import ChannelsOptions
+from nlc.passes.prune import PruneOptions
+
+EXAMPLES = settings(max_examples=30, deadline=None)
+
+
+@st.composite
+def residual_cnns(draw) -> Case:
+    """stem conv-bn-relu, then residual, downsampling (1x1 projection), concat and depthwise
+    blocks in random order, global pooling or a flatten, an optional hidden linear, a head."""
+    blocks = {k: v for k, v in _cnn_blocks("relu").items() if k in ("res", "down", "branch", "sep")}
+    c = draw(st.integers(2, 8))
+    graph: list = [
+        {"op": "conv2d", "name": "stem", "out": c, "kernel": 3, "padding": 1},
+        {"op": "batchnorm2d", "name": "stem_bn"},
+        "relu",
+    ]
+    size = 8
+    for i in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["res", "down", "branch", "sep"]))
+        if kind == "res":
+            graph.append({"op": "res", "name": f"res{i}", "c": c})
+        elif kind == "down" and size > 2:
+            c, size = draw(st.integers(2, 8)), size // 2
+            graph.append({"op": "down", "name": f"down{i}", "c": c})
+        elif kind == "branch":
+            half = draw(st.integers(1, 4))
+            graph.append({"op": "branch", "name": f"branch{i}", "c": half})
+            c = 2 * half
+        else:
+            new = draw(st.integers(2, 8))
+            graph.append({"op": "sep", "name": f"sep{i}", "cin": c, "c": new})
+            c = new
+    graph.append("global_avgpool" if draw(st.booleans()) else "flatten")
+    if draw(st.booleans()):
+        graph += [{"op": "linear", "name": "hidden", "out": draw(st.integers(2, 12))}, "relu"]
+    graph.append({"op": "linear", "name": "head", "out": 5})
+    spec = _spec("prunecnn", {"x": {"shape": ["B", 3, 8, 8]}}, blocks, graph)
+    used = {n["op"] for n in graph if isinstance(n, dict)}
+    spec["blocks"] = {k: v for k, v in blocks.items() if k in used}
+    return Case(spec, {"B": 2})
+
+
+@st.composite
+def mlps(draw) -> Case:
+    """Linear-relu stacks with batchnorm1d and residual adds between equal widths."""
+    w = draw(st.integers(2, 12))
+    graph: list = [{"op": "linear", "name": "fc0", "out": w}, {"op": "relu", "name": "act0"}]
+    for i in range(1, draw(st.integers(2, 5))):
+        last = graph[-1]["name"]
+        if draw(st.booleans()):
+            graph += [
+                {"op": "linear", "name": f"fc{i}", "out": w},
+                {"op": "batchnorm1d", "name": f"bn{i}"},
+                {"op": "add", "name": f"add{i}", "in": [f"bn{i}", last]},
+            ]
+        else:
+            w = draw(st.integers(2, 12))
+            graph += [
+                {"op": "linear", "name": f"fc{i}", "out": w},
+                {"op": "relu", "name": f"act{i}"},
+            ]
+    graph.append({"op": "linear", "name": "head", "out": 3})
+    return Case(_spec("prunemlp", {"x": {"shape": ["B", 6]}}, None, graph), {"B": 3})
+
+
+def _zeroed(state: dict, report: list[dict]) -> dict:
+    """The dense weights with every removed channel's rows, biases and norm affines at 0."""
+    state = {k: v.clone() for k, v in state.items()}
+    for row in report:
+        for node, removed in row.get("removed", {}).items():
+            for local in ("weight", "bias"):
+                if f"{node}.{local}" in state and removed:
+                    state[f"{node}.{local}"][removed] = 0
+    return state
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
+    assert a.shape == b.shape
+    assert float((a - b).abs().max()) <= rel * (float(a.abs().max()) + 1e-12)
+
+
+# -- identities ---------------------------------------------------------------------------------
+
+
+def test_zero_amount_and_zero_sparsity_are_identities(builder):
+    spec, graph = _load(builder, SMALL)
+    weights = _seeded(_package(builder, graph, spec)).state_dict()
+    for name, options in (("channels", {"amount": 0.0}), ("prune", {"sparsity": 0.0})):
+        new, w, _ = run_passes(graph, weights, [(name, options)])
+        assert format_graph(new) == format_graph(graph)
+        assert w.keys() == weights.keys()
+        assert all(torch.equal(w[k], weights[k]) for k in weights)
+
+
+# -- channels on random models ------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(st.one_of(residual_cnns(), mlps()), st.sampled_from([0.3, 0.5, 0.9]),
+       st.sampled_from(["l1", "l2", "bn_scale"]))  # fmt: skip
+def test_channels_equals_the_dense_model_with_channels_zeroed(builder, case, amount, importance):
+    spec, graph = _load(builder, case.spec)
+    dense = _seeded(_package(builder, graph, spec))
+    # Random BatchNorm statistics and affines, so the norms cannot hide a wrong slice.
+    torch.manual_seed(2)
+    norms = {k.rsplit(".", 1)[0] for k in dense.state_dict() if k.endswith("running_var")}
+    state = {
+        k: torch.rand_like(v) + 0.5
+        if k.rsplit(".", 1)[0] in norms and k.endswith(("running_var", "weight"))
+        else torch.randn_like(v)
+        if k.rsplit(".", 1)[0] in norms and k.endswith(("running_mean", "bias"))
+        else v
+        for k, v in dense.state_dict().items()
+    }
+    dense.load_state_dict(state)
+    options = {"amount": amount, "importance": importance}
+    new, weights, report = run_passes(graph, state, [("channels", options)])
+    verify(new)
+    assert _interface(new) == _interface(graph)
+    pruned = _package(builder, new, spec).Model().eval()
+    assert sum(p.numel() for p in pruned.parameters()) == new.num_params()
+    pruned.load_state_dict(weights)
+    dense.load_state_dict(_zeroed(state, report))
+    inputs = _inputs(case, graph)
+    with torch.no_grad():
+        _close(dense(*inputs), pruned(*inputs), 1e-5)
+    assert all("skipped" in r or r["channels_after"] <= r["channels"] for r in report)
+    if amount >= 0.5:
+        assert any(r.get("channels_after", 0) < r.get("channels", 0) for r in report)
+
+
+@EXAMPLES
+@given(residual_cnns())
+def test_structural_channels_builds_and_keeps_the_interface(builder, case):
+    spec, graph = _load(builder, case.spec)
+    new, weights, report = run_passes(graph, None, [("channels", {"amount": 0.5, "round_to": 2})])
+    assert weights is None and _interface(new) == _interface(graph)
+    shrunk = any(r["channels_after"] < r["channels"] for r in report if "channels_after" in r)
+    assert (new.num_params() < graph.num_params()) == shrunk
+    for r in report:
+        if "channels_after" in r and r["channels_after"] < r["channels"]:
+            assert r["channels_after"] % 2 == 0
+    model = _package(builder, new, spec).Model().eval()
+    assert sum(p.numel() for p in model.parameters()) == new.num_params()
+
+
+@EXAMPLES
+@given(any_specs, st.sampled_from([0.25, 0.75]))
+def test_channels_never_breaks_the_repository_strategies(builder, case, amount):
+    """MLPs, CNNs (splits, gates, grouped convs) and transformers: skipping is fine, breaking
+    the model is not (run_passes verifies the graph)."""
+    _, graph = _load(builder, case.spec)
+    new, _, report = run_passes(graph, None, [("channels", {"amount": amount})])
+    assert _interface(new) == _interface(graph)
+    assert all("skipped" in r or r["channels_after"] >= 1 for r in report)
+
+
+def test_groups_tie_residual_adds_and_skip_outputs(builder):
+    doc = _spec(
+        "ties",
+        {"x": {"shape": ["B", 3, 8, 8]}},
+        {k: v for k, v in _cnn_blocks("relu").items() if k == "res"},
+        [
+            {"op": "conv2d", "name": "stem", "out": 8, "kernel": 3, "padding": 1},
+            {"op": "res", "name": "res", "c": 8},
+            {"op": "reshape", "name": "r", "shape": [0, -1]},
+            {"op": "linear", "name": "head", "out": 4},
+        ],
+    )
+    _, graph = _load(builder, doc)
+    _, _, report = run_passes(graph, None, [("channels", {})])
+    rows = {r.get("group", r.get("node")): r for r in report}
+    assert rows["stem"]["members"] == ["stem", "res.conv2", "res.bn2"]
+    assert rows["stem"]["skipped"] == "it feeds reshape 'r'"
+    assert rows["res.conv1"]["channels_after"] == 4
+    assert rows["head"]["skipped"] == "it is a model output"
+
+
+# -- cnn_digits ---------------------------------------------------------------------------------
+
+
+def test_cnn_digits_halves_and_exports(tmp_path):
+    spec, graph = nlc.load("examples/cnn_digits.yaml")
+    new, _, report = run_passes(graph, None, [("channels", {"amount": 0.5})])
+    assert graph.num_params() == 93546 and new.num_params() == 23738  # 3.9x fewer
+    new.meta["passes"] = report
+    nlc.api.write_build(spec, new, tmp_path / "out", onnx=True)
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+# -- unstructured -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(builder):
+    spec, graph = _load(builder, SMALL)
+    return graph, _seeded(_package(builder, graph, spec)).state_dict()
+
+
+def test_layer_sparsity_is_exact(small):
+    graph, weights = small
+    new, w, report = run_passes(graph, weights, [("prune", {"sparsity": 0.3})])
+    assert format_graph(new) == format_graph(graph)
+    for row in report:
+        n = w[f"{row['node']}.weight"].numel()
+        assert (
+            row["nonzeros"] == n - round(0.3 * n) == int(w[f"{row['node']}.weight"].count_nonzero())
+        )
+    assert all(torch.equal(w[k], weights[k]) for k in weights if k.endswith("bias"))
+
+
+def test_global_threshold_is_shared(small):
+    graph, weights = small
+    _, w, report = run_passes(graph, weights, [("prune", {"sparsity": 0.6, "scope": "global"})])
+    keys = [f"{r['node']}.weight" for r in report]
+    pruned = torch.cat([weights[k][w[k] == 0].abs().flatten() for k in keys])
+    kept = torch.cat([weights[k][w[k] != 0].abs().flatten() for k in keys])
+    assert pruned.max() <= kept.min()
+    assert len({round(r["sparsity"], 3) for r in report}) > 1  # layers differ
+    total = sum(r["params"] for r in report)
+    assert sum(r["params"] - r["nonzeros"] for r in report) == round(0.6 * total)
+
+
+def test_two_of_four_holds_in_every_group(small):
+    graph, weights = small
+    _, w, report = run_passes(graph, weights, [("prune", {"pattern": "2:4"})])
+    done = [r["node"] for r in report if "skipped" not in r]
+    assert "fc" in done and "conv2" in done
+    for name in done:
+        t = w[f"{name}.weight"].movedim(1, -1)
+        nonzero = (t.reshape(*t.shape[:-1], -1, 4) != 0).sum(-1)
+        assert bool((nonzero == 2).all())
+    assert {r["node"]: r.get("skipped") for r in report}["conv1"] == (
+        "input size is not a multiple of 4"
+    )
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_prune_needs_weights(small):
+    graph, _ = small
+    with pytest.raises(NlcError, match="nothing to prune") as e:
+        run_passes(graph, None, [("prune", {})])
+    assert "--weights" in e.value.hint
+
+
+@pytest.mark.parametrize("amount", [-0.1, 1.0])
+def test_amount_out_of_range(small, amount):
+    with pytest.raises(ValidationError):
+        ChannelsOptions(amount=amount)
+    with pytest.raises(NlcError, match="amount"):
+        run_passes(small[0], None, [("channels", {"amount": amount})])
+    with pytest.raises(ValidationError):
+        PruneOptions(sparsity=1.0)
+
+
+def test_selection_without_prunable_channels_is_skipped(small):
+    graph, weights = small
+    result = PASSES["channels"].run(copy.deepcopy(graph), weights, ChannelsOptions(select="head"))
+    assert not result.modified
+    assert result.report == [
+        {"pass": "channels", "group": "head", "members": ["head"], "channels": 6,
+         "skipped": "it is a model output"}
+    ]  # fmt: skip
+    _, _, report = run_passes(graph, None, [("channels", {"select": "dw"})])
+    assert report[0]["skipped"].startswith("grouped convolution")
