@@ -3,6 +3,7 @@
 from nlc.ops import (  # noqa: F401  (registration)
     activation,
     factorized,
+    lora,
     nn,
     pooling,
     tensor,
