@@ -103,6 +103,7 @@ def write_build(
     opset: int | None = None,
     verify: bool = True,
     weights: Weights | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Write the package of a loaded spec into `out_dir` (atomically).
 
@@ -115,9 +116,17 @@ def write_build(
     With `onnx`, the package also gets `model.onnx` (seeded weights, dynamic symbolic dims)
     and `onnx.json`, the export report; `opset` None means `nlc.emit.onnx.DEFAULT_OPSET`.
     `verify` runs the file with onnxruntime and compares it with PyTorch: a mismatch fails the
-    build with nothing written.
+    build with nothing written. `quantize` (`nlc.emit.quantize.MODES`) also writes
+    `model.int8.onnx` and its report `quantize.json`; it needs `onnx`.
     """
     from nlc.emit import write_package
+
+    if quantize and not onnx:
+        raise NlcError(
+            f"quantization ({quantize}) works on model.onnx, which this build does not export",
+            None,
+            "drop --no-onnx, or build without --quantize",
+        )
 
     reports = cost_report(spec, graph)
 
@@ -134,6 +143,10 @@ def write_build(
 
             report = export_onnx(folder, graph, opset, verify)
             (folder / "onnx.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if quantize:
+            from nlc.emit.quantize import quantize_onnx
+
+            quantize_onnx(folder, graph, quantize)
         if "dense" in graph.meta:
             from nlc.analysis.compare import compression_report
             from nlc.targets import load_target

@@ -1,0 +1,203 @@
+"""Quantize a build's model.onnx to int8 with onnxruntime, and measure what it costs and gains:
+file size, onnxruntime CPU latency and the error against the fp32 file on the same inputs.
+
+Only MatMul and Gemm, and in static mode Conv, are quantized (weights int8, per tensor): they
+hold nearly all the weights and time, and leaving Gather out keeps embedding tables fp32, so
+token ids still index exact rows. Dynamic mode leaves convolutions fp32: onnxruntime's
+dynamically quantized Conv (ConvInteger) ran cnn_digits 5x slower than fp32 on this CPU, while
+static QDQ convolutions ran it 1.5x faster. `quant_pre_process` is not run: the exporter
+already folds batchnorm and infers shapes, and its symbolic shape inference fails on the
+exporter's attention graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nlc.errors import NlcError
+from nlc.ir import Graph
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy, torch (nlc.emit.onnx) and onnxruntime are imported where used: the CLI imports MODES.
+
+MODES = ("int8-dynamic", "int8-static")
+QUANT_FILE = "model.int8.onnx"
+REPORT_FILE = "quantize.json"
+OP_TYPES = {"int8-dynamic": ["MatMul", "Gemm"], "int8-static": ["MatMul", "Gemm", "Conv"]}
+CALIBRATION_BATCHES = 8  # per build size; random inputs only need to span the activation ranges
+MEASURE_BUDGET_S = 1.0  # timing both files, in interleaved rounds
+THREADS = 1  # one intra-op thread: the figure does not depend on the host's free cores
+
+Feeds = Mapping[str, Any]  # input name -> array (numpy or torch)
+
+
+def quantize_onnx(
+    package_dir: Path,
+    graph: Graph,
+    mode: str,
+    calibration: Iterable[Feeds] | None = None,
+) -> dict[str, Any]:
+    """Write `package_dir/model.int8.onnx` from the build's model.onnx and `quantize.json`, the
+    report that it returns: mode, sizes, errors relative to the fp32 outputs' scale, latencies.
+
+    `mode` is "int8-dynamic" (weights int8, activations quantized to uint8 at run time, as
+    onnxruntime recommends for the CPU) or "int8-static" (QDQ format, int8 weights and
+    activations with ranges calibrated beforehand). Static calibration runs on `calibration`,
+    input dicts by input name; without it, on random inputs at the build's verification sizes,
+    which fixes the ranges only roughly: real data gives better ones. Raises NlcError when the
+    quantized file does not load or run, or gives NaN or infinite outputs.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
+
+    from nlc.emit.onnx import ONNX_FILE, example_sizes, symbol_limits
+
+    if mode not in MODES:
+        raise NlcError(f"unknown quantization mode {mode!r}", None, f"choose {' or '.join(MODES)}")
+    source, target = package_dir / ONNX_FILE, package_dir / QUANT_FILE
+    sizes = example_sizes(graph, symbol_limits(graph))
+    report: dict[str, Any] = {"file": QUANT_FILE, "mode": mode, "op_types": OP_TYPES[mode]}
+    # The quantizer logs advice to run quant_pre_process on the root logger (see the top).
+    logging.disable(logging.WARNING)
+    try:
+        if mode == "int8-dynamic":
+            with tempfile.TemporaryDirectory() as tmp:
+                plain = Path(tmp) / ONNX_FILE
+                _gemm_to_matmul(source, plain)
+                quantize_dynamic(
+                    plain,
+                    target,
+                    op_types_to_quantize=OP_TYPES[mode],
+                    weight_type=QuantType.QInt8,
+                )
+        else:
+            if calibration is None:
+                calibration = _random_feeds(graph, sizes)
+                batches = CALIBRATION_BATCHES * len(sizes)
+                report["calibration"] = {"data": "random", "batches": batches}
+            else:
+                report["calibration"] = {"data": "given"}
+            ops = OP_TYPES[mode]
+            quantize_static(source, target, _Reader(calibration), op_types_to_quantize=ops)
+    except Exception as e:  # onnxruntime's quantizer raises bare Exceptions and asserts
+        raise NlcError(f"cannot quantize {source.name} ({mode}): {e}") from e
+    finally:
+        logging.disable(logging.NOTSET)
+    report["bytes"] = {"fp32": source.stat().st_size, "int8": target.stat().st_size}
+    report["size_ratio"] = round(report["bytes"]["fp32"] / report["bytes"]["int8"], 2)
+    report.update(_check(source, target, graph, sizes))
+    (package_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _gemm_to_matmul(source: Path, target: Path) -> None:
+    """Rewrite each Gemm with a constant weight as MatMul (+ Add of the bias): onnxruntime's
+    dynamic quantization handles MatMul but not Gemm, which the exporter emits for 2-D linears."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(source)
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes, transposed = [], set()
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        constant = node.op_type == "Gemm" and node.input[1] in weights
+        if not constant or not plain or attrs.get("transA"):
+            nodes.append(node)
+            continue
+        if attrs.get("transB"):  # MatMul has no transpose flag: store the weight transposed
+            w = weights[node.input[1]]
+            w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).T.copy(), w.name))
+            transposed.add(w.name)
+        (out,) = node.output
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{out}_matmul" if bias else out
+        nodes.append(helper.make_node("MatMul", node.input[:2], [product], name=node.name))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{node.name}_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [v for v in model.graph.value_info if v.name not in transposed]  # stale shapes
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    onnx.save(model, target)
+
+
+def _random_feeds(graph: Graph, sizes) -> Iterator[Feeds]:
+    """CALIBRATION_BATCHES random inputs at each verification size, seeds apart from the
+    ones the error check uses."""
+    from nlc.emit.onnx import SEED, example_inputs
+
+    for k, size in enumerate(sizes):
+        for i in range(CALIBRATION_BATCHES):
+            inputs = example_inputs(graph, size, SEED + 100 + k * CALIBRATION_BATCHES + i)
+            yield {n.name: t for n, t in zip(graph.inputs, inputs, strict=True)}
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol (duck-typed): numpy feeds, then None."""
+
+    def __init__(self, feeds: Iterable[Feeds]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        import numpy as np
+
+        feed = next(self._feeds, None)
+        return None if feed is None else {k: np.asarray(v) for k, v in feed.items()}
+
+
+def _check(source: Path, target: Path, graph: Graph, sizes) -> dict[str, Any]:
+    """Run both files on the same inputs at each verification size: per output the max abs
+    error of int8 against fp32, relative to the fp32 output's scale; then time both at the
+    first size (onnxruntime CPU, THREADS threads, median after warm-up, best of rounds)."""
+    import numpy as np
+
+    from nlc.calibrate.timing import best_of_rounds, onnx_runner
+
+    checks, worst, runs = [], 0.0, {}
+    for size in sizes:
+        dims = {str(s): n for s, n in size.items()}
+        fp32 = onnx_runner(source, graph, dims, THREADS)
+        try:
+            int8 = onnx_runner(target, graph, dims, THREADS)
+            got = int8()
+        except Exception as e:  # onnxruntime's errors have no common base class below Exception
+            raise NlcError(
+                f"onnxruntime cannot run {QUANT_FILE}: {e}",
+                None,
+                "build without --quantize, or try the other quantization mode",
+            ) from e
+        outputs = {}
+        for name, want, have in zip(graph.outputs, fp32(), got, strict=True):
+            if not np.isfinite(have).all():
+                raise NlcError(
+                    f"{QUANT_FILE} gives NaN or infinite values in output {name!r}",
+                    None,
+                    "try the other quantization mode, or calibrate on real data",
+                )
+            error = float(np.abs(want.astype(np.float64) - have).max(initial=0.0))
+            scale = max(float(np.abs(want).max(initial=0.0)), float(np.finfo(np.float32).eps))
+            outputs[name] = {
+                "max_abs_error": float(f"{error:.3g}"),
+                "scale": float(f"{scale:.3g}"),
+                "relative_error": float(f"{error / scale:.3g}"),
+            }
+            worst = max(worst, error / scale)
+        checks.append({"sizes": dims, "outputs": outputs})
+        runs = runs or {"fp32": fp32, "int8": int8}
+    ms = {f"{k}_ms": min(v) * 1e3 for k, v in best_of_rounds(runs, MEASURE_BUDGET_S).items()}
+    latency = {"runtime": "onnxruntime CPU", "threads": THREADS, "sizes": checks[0]["sizes"]}
+    return {
+        "checks": checks,
+        "max_relative_error": float(f"{worst:.3g}"),
+        "latency": {**latency, **ms},
+        "speedup": round(ms["fp32_ms"] / ms["int8_ms"], 2),
+    }
