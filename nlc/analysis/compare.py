@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from nlc.targets import Target
 
 MEASURE_BUDGET_S = 2.0  # timing both models, in interleaved rounds
-THREADS = 1  # one intra-op thread: the figure does not depend on the host's free cores
 
 
 def compression_report(
@@ -90,7 +89,7 @@ def measure(
 ) -> dict[str, Any]:
     """Median onnxruntime CPU milliseconds of the dense model (exported to a temporary folder
     with the dense weights, seeded without them) and of `onnx_path`, after warm-up."""
-    from nlc.calibrate.timing import best_of_rounds, onnx_runner
+    from nlc.calibrate.timing import REPORT_THREADS, onnx_runner, report_latency
     from nlc.emit import write_package
     from nlc.emit.onnx import ONNX_FILE, export_onnx
     from nlc.weights import write_weights
@@ -105,12 +104,10 @@ def measure(
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_package(dense, spec, Path(tmp) / "dense", finish)
         runs = {
-            "before": onnx_runner(folder / ONNX_FILE, dense, dims, THREADS),
-            "after": onnx_runner(onnx_path, graph, dims, THREADS),
+            "before": onnx_runner(folder / ONNX_FILE, dense, dims, REPORT_THREADS),
+            "after": onnx_runner(onnx_path, graph, dims, REPORT_THREADS),
         }
-        medians = best_of_rounds(runs, MEASURE_BUDGET_S)
-    ms = {f"{k}_ms": min(v) * 1e3 for k, v in medians.items()}
-    return {"runtime": "onnxruntime CPU", "threads": THREADS, **ms}
+        return report_latency(runs, MEASURE_BUDGET_S)
 
 
 def markdown(report: dict) -> str:

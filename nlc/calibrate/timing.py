@@ -45,6 +45,17 @@ def best_of_rounds(
     return medians
 
 
+REPORT_THREADS = 1  # reports time on one intra-op thread: no figure depends on free cores
+
+
+def report_latency(runs: dict[str, Callable[[], object]], budget_s: float) -> dict[str, object]:
+    """What build reports say of models timed side by side (`best_of_rounds`): the runtime,
+    the threads (calls made with `onnx_runner(..., REPORT_THREADS)`), and `<name>_ms`."""
+    medians = best_of_rounds(runs, budget_s)
+    ms = {f"{name}_ms": min(times) * 1e3 for name, times in medians.items()}
+    return {"runtime": "onnxruntime CPU", "threads": REPORT_THREADS, **ms}
+
+
 def onnx_runner(path: Path, graph: Graph, dims: dict[str, int], threads: int | None):
     """A call that runs `path` once under onnxruntime with inputs at `dims` (all graph
     optimisations on, `threads` intra-op threads or all cores, sequential execution)."""

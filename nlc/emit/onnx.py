@@ -323,14 +323,18 @@ def _run_onnxruntime(
         ) from e
 
 
+def output_error(want: np.ndarray, have: np.ndarray) -> tuple[float, float]:
+    """Max abs error of `have` against `want` (in float64), and the output's scale: max |want|,
+    floored so that an all-zero output does not demand bit-exact zeros."""
+    error = float(np.abs(want.astype(np.float64) - have.astype(np.float64)).max(initial=0.0))
+    return error, max(float(np.abs(want).max(initial=0.0)), float(np.finfo(np.float32).eps))
+
+
 def _compare(want: np.ndarray, have: np.ndarray) -> tuple[dict[str, float], str | None]:
     """Max abs error and output scale (max |PyTorch output|, 3 digits), and what is wrong."""
     if want.shape != have.shape:
         return {}, f"shape {list(have.shape)}, PyTorch gives {list(want.shape)}"
-    want, have = want.astype(np.float64), have.astype(np.float64)
-    error = float(np.abs(want - have).max(initial=0.0))
-    # The floor keeps an all-zero output from demanding bit-exact zeros.
-    scale = max(float(np.abs(want).max(initial=0.0)), float(np.finfo(np.float32).eps))
+    error, scale = output_error(want, have)
     figures = {"max_abs_error": float(f"{error:.3g}"), "scale": float(f"{scale:.3g}")}
     if not error <= TOLERANCE * scale:  # also catches NaN
         return figures, f"max abs error {error:.3g} > {TOLERANCE:g} x output scale {scale:.3g}"

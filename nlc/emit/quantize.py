@@ -33,7 +33,6 @@ REPORT_FILE = "quantize.json"
 OP_TYPES = {"int8-dynamic": ["MatMul", "Gemm"], "int8-static": ["MatMul", "Gemm", "Conv"]}
 CALIBRATION_BATCHES = 8  # per build size; random inputs only need to span the activation ranges
 MEASURE_BUDGET_S = 1.0  # timing both files, in interleaved rounds
-THREADS = 1  # one intra-op thread: the figure does not depend on the host's free cores
 
 Feeds = Mapping[str, Any]  # input name -> array (numpy or torch)
 
@@ -157,17 +156,18 @@ class _Reader:
 def _check(source: Path, target: Path, graph: Graph, sizes) -> dict[str, Any]:
     """Run both files on the same inputs at each verification size: per output the max abs
     error of int8 against fp32, relative to the fp32 output's scale; then time both at the
-    first size (onnxruntime CPU, THREADS threads, median after warm-up, best of rounds)."""
+    first size (onnxruntime CPU, one thread, median after warm-up, best of rounds)."""
     import numpy as np
 
-    from nlc.calibrate.timing import best_of_rounds, onnx_runner
+    from nlc.calibrate.timing import REPORT_THREADS, onnx_runner, report_latency
+    from nlc.emit.onnx import output_error
 
     checks, worst, runs = [], 0.0, {}
     for size in sizes:
         dims = {str(s): n for s, n in size.items()}
-        fp32 = onnx_runner(source, graph, dims, THREADS)
+        fp32 = onnx_runner(source, graph, dims, REPORT_THREADS)
         try:
-            int8 = onnx_runner(target, graph, dims, THREADS)
+            int8 = onnx_runner(target, graph, dims, REPORT_THREADS)
             got = int8()
         except Exception as e:  # onnxruntime's errors have no common base class below Exception
             raise NlcError(
@@ -183,8 +183,7 @@ def _check(source: Path, target: Path, graph: Graph, sizes) -> dict[str, Any]:
                     None,
                     "try the other quantization mode, or calibrate on real data",
                 )
-            error = float(np.abs(want.astype(np.float64) - have).max(initial=0.0))
-            scale = max(float(np.abs(want).max(initial=0.0)), float(np.finfo(np.float32).eps))
+            error, scale = output_error(want, have)
             outputs[name] = {
                 "max_abs_error": float(f"{error:.3g}"),
                 "scale": float(f"{scale:.3g}"),
@@ -193,11 +192,10 @@ def _check(source: Path, target: Path, graph: Graph, sizes) -> dict[str, Any]:
             worst = max(worst, error / scale)
         checks.append({"sizes": dims, "outputs": outputs})
         runs = runs or {"fp32": fp32, "int8": int8}
-    ms = {f"{k}_ms": min(v) * 1e3 for k, v in best_of_rounds(runs, MEASURE_BUDGET_S).items()}
-    latency = {"runtime": "onnxruntime CPU", "threads": THREADS, "sizes": checks[0]["sizes"]}
+    latency = {**report_latency(runs, MEASURE_BUDGET_S), "sizes": checks[0]["sizes"]}
     return {
         "checks": checks,
         "max_relative_error": float(f"{worst:.3g}"),
-        "latency": {**latency, **ms},
-        "speedup": round(ms["fp32_ms"] / ms["int8_ms"], 2),
+        "latency": latency,
+        "speedup": round(latency["fp32_ms"] / latency["int8_ms"], 2),
     }

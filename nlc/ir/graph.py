@@ -78,6 +78,10 @@ class Node:
     def type(self) -> TensorType:
         return self.outputs[0]
 
+    def num_params(self) -> int:
+        """This node's own trainable scalars: a parameter tied to another node's counts there."""
+        return sum(p.numel() for p in self.params.values() if p.tied_to is None)
+
 
 @dataclass
 class Graph:
@@ -122,4 +126,4 @@ class Graph:
 
     def num_params(self) -> int:
         """Distinct trainable scalars: tied ones count once, as in `nn.Module.parameters()`."""
-        return sum(p.numel() for _, p in self.parameters() if p.tied_to is None)
+        return sum(node.num_params() for node in self)

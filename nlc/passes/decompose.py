@@ -71,7 +71,7 @@ def decompose(
         if isinstance(result, str):
             report.append({**row, "skipped": result, **extra})
             continue
-        before = _numel(node)
+        before = node.num_params()
         replace_op(graph, node, result.op, result.attrs)
         if tensors is not None:
             _swap_weights(out, node, result.factors, tensors)
@@ -80,7 +80,7 @@ def decompose(
                 **row,
                 "op_after": result.op,
                 "params": before,
-                "params_after": _numel(node),
+                "params_after": node.num_params(),
                 "rank": result.rank,
                 "error": result.error,
                 **extra,
@@ -135,7 +135,3 @@ def _swap_weights(
     dtype = old["weight"].dtype
     for local, t in factors.items():
         weights[f"{node.name}.{local}"] = t.to(dtype).contiguous()
-
-
-def _numel(node: Node) -> int:
-    return sum(p.numel() for p in node.params.values() if p.tied_to is None)

@@ -56,7 +56,7 @@ def lora(
         attrs = attrs_for(
             "lora_linear", node, rank=options.rank, alpha=options.alpha, dropout=options.dropout
         )
-        before = sum(p.numel() for p in node.params.values())
+        before = node.num_params()  # selection skips tied linears
         replace_op(graph, node, "lora_linear", attrs)
         if out is not None:
             out |= _adapters(node.name, out[f"{node.name}.weight"], options.rank)
