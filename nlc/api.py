@@ -56,7 +56,7 @@ def compress(
     The passes see the spec's first target (`rank: auto` asks it what runs faster) and its
     `dims` (`graph.meta["dims"]`). The graph and weights before the passes stay in
     `graph.meta["dense"]` and `graph.meta["dense_weights"]`, for the before/after report."""
-    steps = [(p.name, p.options, spec.ast.at("passes", i)) for i, p in enumerate(spec.ast.passes)]
+    steps = [(p.name, p.options, p.at()) for p in spec.ast.passes]
     steps += [(name, options, None) for name, options in passes or []]
     if not steps:
         return graph, weights

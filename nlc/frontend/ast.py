@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from nlc.frontend.pass_ast import PassSpec
+from nlc.frontend.search_ast import SearchSpec
 from nlc.frontend.spec_item import SpecItem
 from nlc.frontend.train_ast import TrainSpec
 
@@ -92,19 +94,6 @@ class BlockSpec(SpecItem):
     outputs: list[str] | None = None
 
 
-class PassSpec(SpecItem):
-    """A graph pass and its options (`nlc passes` lists the passes and their options)."""
-
-    noun, example = "pass", "{pass: svd, select: 'h.*.fc', rank: 0.5}"
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-    name: str = Field(alias="pass")
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
 class ModelSpec(SpecItem):
     """A spec file, version 1."""
 
@@ -131,6 +120,9 @@ class ModelSpec(SpecItem):
     )
     train: TrainSpec | None = Field(
         default=None, description="how `nlc train` trains the model; adds train.py to the build"
+    )
+    search: SearchSpec | None = Field(
+        default=None, description="what `nlc search` optimises over the spec's choices"
     )
 
 

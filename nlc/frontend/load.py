@@ -116,6 +116,9 @@ def _load_pipeline(path: Path, data: dict, pos: Positions, params: dict[str, Any
         loaded.data["name"] = pipe.name
     loaded.ast.train = pipe.train
     loaded.data["train"] = pipe.train.model_dump(mode="json", exclude_unset=True)
+    if pipe.passes:
+        loaded.ast.passes = [*loaded.ast.passes, *pipe.passes]
+        loaded.data["passes"] = [p.model_dump(by_alias=True) for p in loaded.ast.passes]
     loaded.root = path.parent
     return loaded
 

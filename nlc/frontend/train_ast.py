@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from nlc.frontend.pass_ast import PassSpec
+from nlc.frontend.search_ast import SearchSpec
 from nlc.frontend.spec_item import SpecItem
 
 Task = Literal["classification", "regression", "lm", "mlm"]
@@ -211,4 +213,10 @@ class PipelineSpec(SpecItem):
     nlc: Literal[1]
     model: ModelRef
     name: str | None = Field(None, description="package name (default: the model's name)")
+    passes: list[PassSpec] = Field(
+        [], description="passes applied after the model spec's own, before training"
+    )
     train: TrainSpec = TrainSpec()
+    search: SearchSpec | None = Field(
+        None, description="what `nlc search` optimises over the pipeline's choices"
+    )
