@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from nlc.errors import NlcError, did_you_mean
 from nlc.frontend import load_spec, lower
 from nlc.frontend.load import Spec
+from nlc.frontend.train_check import resolve_parameters
 from nlc.ir import Graph
 from nlc.weights import Weights, check_weights, read_weights, write_weights
 
@@ -27,6 +28,8 @@ def load(
     run the spec's `passes:` and then `passes` on the architecture alone (fresh weights)."""
     spec = load_spec(spec_path, overrides)
     graph, _ = compress(spec, lower(spec), None, passes)
+    if spec.ast.train is not None:  # `trainable:` and LoRA+ name parameters the passes made
+        resolve_parameters(spec.ast.train, graph)
     return spec, graph
 
 
@@ -116,11 +119,19 @@ def write_build(
     With `onnx`, the package also gets `model.onnx` (seeded weights, dynamic symbolic dims)
     and `onnx.json`, the export report; `opset` None means `nlc.emit.onnx.DEFAULT_OPSET`.
     `verify` runs the file with onnxruntime and compares it with PyTorch: a mismatch fails the
-    build with nothing written. `quantize` (`nlc.emit.quantize.MODES`) also writes
-    `model.int8.onnx` and its report `quantize.json`; it needs `onnx`.
+    build with nothing written. `quantize` (`nlc.emit.quantize.MODES`), or the `quantize`
+    pass at int8, also writes `model.int8.onnx`, `<name>/quantized.py` (torch.ao dynamic int8
+    of the linear layers) and their report `quantize.json`; it needs `onnx`. After the pass at
+    fp16/bf16 the package runs in that dtype, and model.onnx is fp16 (bf16: fp32, as onnx.json
+    says). After the `nf4`/`int4` passes, model.onnx runs their layers as onnxruntime's 4-bit
+    MatMul kernels (`onnx.json` `four_bit`).
     """
     from nlc.emit import write_package
 
+    decision = graph.meta.get("quantize", {})  # the `quantize` pass's, see nlc.passes.quantize
+    if decision.get("dtype") == "i8":
+        quantize = quantize or f"int8-{decision['mode']}"
+    linears = decision.get("linears") or [n.name for n in graph if n.op == "linear"]
     if quantize and not onnx:
         raise NlcError(
             f"quantization ({quantize}) works on model.onnx, which this build does not export",
@@ -141,12 +152,26 @@ def write_build(
         if onnx:
             from nlc.emit.onnx import ONNX_FILE, export_onnx
 
-            report = export_onnx(folder, graph, opset, verify)
+            if decision.get("dtype") in ("f16", "bf16"):
+                from nlc.emit.quantize import export_half_onnx
+
+                report = export_half_onnx(folder, graph, spec, opset, verify)
+            else:
+                report = export_onnx(folder, graph, opset, verify)
+            from nlc.emit.onnx4bit import rewrite_4bit
+
+            four_bit = rewrite_4bit(folder, graph, verify=verify, dims=dict(spec.ast.dims))
+            if four_bit:  # int4/NF4 layers now run onnxruntime's 4-bit MatMul kernels
+                report["four_bit"] = four_bit
             (folder / "onnx.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if quantize:
-            from nlc.emit.quantize import quantize_onnx
+            from nlc.emit.quantize import REPORT_FILE, quantize_onnx, quantize_pytorch
 
-            quantize_onnx(folder, graph, quantize)
+            report = quantize_onnx(folder, graph, quantize)
+            if linears:  # the PyTorch artifact: torch.ao quantizes linear layers only
+                report["pytorch"] = quantize_pytorch(folder, graph, linears)
+            text = json.dumps(report, indent=2) + "\n"
+            (folder / REPORT_FILE).write_text(text, encoding="utf-8")
         if "dense" in graph.meta:
             from nlc.analysis.compare import compression_report
             from nlc.targets import load_target

@@ -224,7 +224,7 @@ def build(
         out.print(f"built [bold]{graph.name}[/] ({graph.num_params():,} parameters) -> {path}")
         if not no_onnx:
             out.print(_onnx_summary(json.loads((path / "onnx.json").read_text())))
-        if quantize:
+        if (path / "quantize.json").is_file():  # --quantize, or the quantize pass at int8
             out.print(_quantize_summary(json.loads((path / "quantize.json").read_text())))
 
     _run(go)
@@ -262,11 +262,18 @@ def check(
     pass_: PassOpt = None,
     dim: DimOpt = None,
 ) -> None:
-    """Validate SPEC, infer shapes, and print a per-layer table with totals."""
+    """Validate SPEC, infer shapes, and print a per-layer table with totals.
+
+    On a search space: its dimensions and size, and a check that its points lower."""
 
     def go():
         from nlc.analysis.counts import node_counts
+        from nlc.frontend.load import parse_overrides
+        from nlc.search.space import load_space
 
+        space = load_space(spec, parse_overrides(set_ or []))
+        if space is not None:
+            return _check_space(space)
         loaded, graph = _load(spec, set_, pass_)
         sizes = _dim_sizes(loaded, graph, dim or [])
         rows = node_counts(graph, sizes)
@@ -298,6 +305,63 @@ def check(
         )
 
     _run(go)
+
+
+def _check_space(space) -> None:
+    """Print a search space's dimensions and size, then lower its points (exit 2 on failure)."""
+    from nlc.search.objectives import check_search
+    from nlc.search.space_check import check_space
+
+    out.print(
+        f"search space {space.path}: {len(space.dims)} dimension{'s' * (len(space.dims) != 1)}",
+        markup=False,
+    )
+    rows = [
+        (
+            d.name,
+            d.kind,
+            d.describe(),
+            f"if {d.parent} in {d.describe_when()}" if d.parent else "",
+            str(d.loc or ""),
+        )
+        for d in space.dims
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+        out.print("  " + "  ".join([*cells, r[4]]).rstrip(), markup=False, soft_wrap=True)
+    size = space.size()
+    if size is None:
+        floats = ", ".join(d.name for d in space.dims if d.values() is None)
+        out.print(
+            f"size: infinite (float dims: {floats}); {space.count():,} points over the others"
+        )
+    else:
+        out.print(f"size: {size:,} points")
+    report = check_space(space)
+    if report.exhaustive:
+        how = f"all {report.checked:,} points"
+    else:
+        covering = report.checked - report.sampled
+        how = (
+            f"{report.checked:,} points ({covering} giving every dim each of its values, "
+            f"{report.sampled} random with seed 0)"
+        )
+    if not report.failures:
+        check_search(space)  # objectives and constraints name known metrics, targets and units
+        out.print(f"ok: {how} lower to valid graphs")
+        return
+    for f in report.failures:
+        err.print(f.error.render(excerpt=True), markup=False, soft_wrap=True)
+        picked = "; ".join(f"{d.name}={f.point[d.name]!r} ({d.loc})" for d in f.culprits)
+        err.print(
+            f"  in {f.count} of the checked points, e.g. with "
+            + (picked or space.describe(f.point)),
+            markup=False,
+            soft_wrap=True,
+        )
+    err.print(f"error: {len(report.failures)} distinct error(s) among {how}", markup=False)
+    raise typer.Exit(2)
 
 
 def _rich(table, title: str | None = None) -> Table:
@@ -466,8 +530,26 @@ def train(
     train it with the generated train.py."""
 
     def go():
+        from nlc.frontend.load import load_spec, parse_overrides, parse_passes
         from nlc.train.run import prepare_run, run_script, train_command
 
+        first = load_spec(spec, parse_overrides(set_ or []))
+        if first.ast.train is not None and first.ast.train.iterative is not None:
+            from nlc.train.schedule import train_iterative
+
+            if resume or lr_find:
+                raise NlcError(
+                    "--resume and --lr-find run one training, not iterative compression steps",
+                    first.ast.train.key_at("iterative"),
+                    "drop the option, or run it on one step's folder (RUN/step-<i>)",
+                )
+            run = output or Path("runs") / first.ast.name
+            overrides, steps = parse_overrides(set_ or []), parse_passes(pass_ or [])
+            code = train_iterative(spec, overrides, steps, weights, run, nproc)
+            if code:
+                err.print(f"a fine-tuning step exited with status {code}; see {run}/step-*/")
+                raise typer.Exit(code)
+            return
         loaded, graph, trained = _load_weights(spec, set_, pass_, weights)
         run = output or Path("runs") / graph.name
         prepare_run(loaded, graph, run, resume, lr_find, trained)
@@ -719,3 +801,129 @@ def ops() -> None:
         )
         table.add_row(name, attrs, op.doc)
     out.print(table)
+
+
+@app.command()
+def search(
+    spec: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SPEC",
+            help="Search-space spec (a spec with choices and a `search:` section); or `status`, "
+            "then a search folder, to print a study's summary.",
+            show_default=False,
+        ),
+    ],
+    folder: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DIR]", help="With `status`: the search folder.", show_default=False
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="DIR",
+            help="Search folder (default: search/<name>): study.db, trials/, pareto.md, front/.",
+            show_default=False,
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            "--trials",
+            min=1,
+            metavar="N",
+            help="Trials in all (default: the spec's).",
+            show_default=False,
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            metavar="S",
+            help="random, tpe, nsga2, evolution or darts (default: the spec's).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", metavar="N", help="Seed of the sampler and trainings.", show_default=False
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, metavar="N", help="Local worker processes.")
+    ] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            metavar="URL",
+            help="Optuna storage shared by workers on many machines, e.g. "
+            "postgresql://user:pass@host/db (default: sqlite DIR/study.db).",
+            show_default=False,
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Search the space of SPEC with Optuna (resumable: rerun to continue), then write the
+    Pareto front: pareto.md, pareto.json, front/<n>.yaml, best.yaml, plots/."""
+
+    def go():
+        from nlc.frontend.load import parse_overrides
+        from nlc.search import study as studies
+        from nlc.search.outputs import write_outputs
+
+        if str(spec) == "status":
+            if folder is None:
+                raise NlcError("search status: which folder?", None, "nlc search status DIR")
+            return _search_status(folder, storage)
+        if folder is not None:
+            raise NlcError(f"unexpected argument {folder}", None, "give the folder with -o DIR")
+        strategies = ("random", "tpe", "nsga2", "evolution", "darts")
+        if strategy is not None and strategy not in strategies:
+            raise NlcError(
+                f"--strategy {strategy}: unknown strategy",
+                None,
+                did_you_mean(strategy, strategies) or f"choose {', '.join(strategies)}",
+            )
+        given = {"trials": trials, "strategy": strategy, "seed": seed}
+        settings = {k: v for k, v in given.items() if v is not None}
+        setup = studies.make_setup(spec, parse_overrides(set_ or []), settings, output, storage)
+        out.print(f"search {setup.name}: {setup.out} ({setup.storage})")
+        study = studies.run(setup, workers, _search_line)
+        space, _, goals = studies.load(setup)
+        data = write_outputs(study, space, goals, Path(setup.out))
+        _search_summary(data, goals, Path(setup.out))
+
+    _run(go)
+
+
+def _search_line(line: str) -> None:
+    out.print(line, markup=False, soft_wrap=True)
+
+
+def _search_status(folder: Path, storage: str | None) -> None:
+    from nlc.search import study as studies
+    from nlc.search.outputs import write_outputs
+
+    study, setup = studies.reopen(folder, storage)
+    space, settings, goals = studies.load(setup)
+    out.print(f"study {setup.name} ({setup.storage}), spec {setup.spec}, {settings.trials} trials")
+    data = write_outputs(study, space, goals, folder)
+    _search_summary(data, goals, folder)
+
+
+def _search_summary(data: dict, goals, folder: Path) -> None:
+    from nlc.search.outputs import table
+
+    counts = ", ".join(f"{v} {k}" for k, v in data["trials"].items())
+    title = f"front of {data['study']}: {counts}"
+    out.print(_rich(table(data, goals), title))
+    if data["hypervolume"] is not None:
+        out.print(f"hypervolume {data['hypervolume']:.4g}")
+    out.print(f"wrote {folder / 'pareto.md'}, {folder / 'front'}/")

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import example_specs
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -246,7 +247,7 @@ def test_unsupported_opset_is_an_error(tmp_path):
 @pytest.mark.skipif(
     os.environ.get("NLC_SLOW") != "1", reason="full-size zoo export, 1 to 3 min: set NLC_SLOW=1"
 )
-@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.yaml")))
+@pytest.mark.parametrize("name", example_specs.MODELS)
 def test_full_size_zoo_exports_and_verifies(name, tmp_path):
     graph, out = _build(tmp_path, EXAMPLES / f"{name}.yaml")
     _check_artifact(graph, out)

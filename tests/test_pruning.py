@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from strategies import Case, _cnn_blocks, _spec, any_specs
+from strategies import Case, _cnn_blocks, _spec, any_specs, transformer_specs
 from test_passes import SMALL, _inputs, _interface, _load, _package, _seeded
 
 import nlc
@@ -23,6 +23,7 @@ from nlc.ir.printer import format_graph
 from nlc.ir.verify import verify
 from nlc.passes import PASSES, run_passes
 from nlc.passes.channels import ChannelsOptions
+from nlc.passes.heads import HeadLayout
 from nlc.passes.prune import PruneOptions
 
 EXAMPLES = settings(max_examples=30, deadline=None)
@@ -199,6 +200,95 @@ def test_groups_tie_residual_adds_and_skip_outputs(builder):
     assert rows["stem"]["skipped"] == "it feeds reshape 'r'"
     assert rows["res.conv1"]["channels_after"] == 4
     assert rows["head"]["skipped"] == "it is a model output"
+
+
+# -- attention heads ----------------------------------------------------------------------------
+
+HEADS = {"ops": ["attention"]}
+
+
+def _heads_zeroed(graph, state: dict, report: list[dict]) -> dict:
+    """The dense weights with every removed head's q/k/v rows and out columns at 0."""
+    state = {k: v.clone() for k, v in state.items()}
+    for row in report:
+        gone = row.get("removed_heads")
+        if gone:
+            name = row["node"]
+            rows, cols = HeadLayout.of(graph, graph.nodes[name]).rows(
+                gone["heads"], gone["kv_heads"]
+            )
+            for local, dim, index in (("qkv.weight", 0, rows), ("qkv.bias", 0, rows),
+                                      ("out.weight", 1, cols)):  # fmt: skip
+                if f"{name}.{local}" in state:
+                    state[f"{name}.{local}"].index_fill_(
+                        dim, torch.tensor(index, dtype=torch.long), 0.0
+                    )
+    return state
+
+
+@EXAMPLES
+@given(transformer_specs(), st.sampled_from([0.25, 0.5, 0.75]), st.sampled_from(["l1", "l2"]))
+def test_heads_equal_the_dense_model_with_heads_zeroed(builder, case, amount, importance):
+    spec, graph = _load(builder, case.spec)
+    dense = _seeded(_package(builder, graph, spec))
+    torch.manual_seed(3)  # random biases too, so a wrong bias slice shows
+    state = {k: torch.randn_like(v) for k, v in dense.state_dict().items()}
+    options = {**HEADS, "amount": amount, "importance": importance}
+    new, weights, report = run_passes(graph, state, [("channels", options)])
+    verify(new)
+    assert _interface(new) == _interface(graph)
+    pruned = _package(builder, new, spec).Model().eval()
+    assert sum(p.numel() for p in pruned.parameters()) == new.num_params()
+    pruned.load_state_dict(weights)
+    dense.load_state_dict(_heads_zeroed(graph, state, report))
+    inputs = _inputs(case, graph)
+    with torch.no_grad():
+        _close(dense(*inputs), pruned(*inputs), 1e-4)
+    for row in report:
+        assert row["op"] == "attention" and 1 <= row["heads_after"] <= row["heads"]
+        assert row["heads_after"] % row["kv_heads_after"] == 0
+        units = row["kv_heads"] if row["units"] == "kv groups" else row["heads"]
+        after = row["kv_heads_after"] if row["units"] == "kv groups" else row["heads_after"]
+        assert after == units - int(amount * units)
+        assert graph.nodes[row["node"]].attrs.head_dim in (
+            None,
+            new.nodes[row["node"]].attrs.head_dim,
+        )
+
+
+@EXAMPLES
+@given(transformer_specs())
+def test_zero_heads_is_the_identity(builder, case):
+    _, graph = _load(builder, case.spec)
+    new, _, report = run_passes(graph, None, [("channels", {**HEADS, "amount": 0.0})])
+    assert format_graph(new) == format_graph(graph)
+    assert report and all(r["heads_after"] == r["heads"] for r in report)
+
+
+def test_grouped_query_heads_go_by_kv_group(builder):
+    doc = _spec(
+        "gqa",
+        {"x": {"shape": ["B", "T", 16]}},
+        None,
+        [{"op": "attention", "name": "attn", "heads": 8, "kv_heads": 4},
+         {"op": "attention", "name": "mqa", "heads": 4, "kv_heads": 1},
+         {"op": "linear", "name": "head", "out": 3}],
+    )  # fmt: skip
+    spec, graph = _load(builder, doc)
+    state = _seeded(_package(builder, graph, spec)).state_dict()
+    # Group 1 (query heads 2, 3) and query head 0 of the mqa layer are the weakest.
+    state["attn.out.weight"][:, 4:8] *= 1e-3
+    state["mqa.out.weight"][:, 0:2] *= 1e-3
+    new, weights, report = run_passes(graph, state, [("channels", {**HEADS, "amount": 0.5})])
+    rows = {r["node"]: r for r in report}
+    assert 1 in rows["attn"]["removed_heads"]["kv_heads"]
+    assert rows["attn"]["units"] == "kv groups" and rows["mqa"]["units"] == "heads"
+    assert (new.nodes["attn"].attrs.heads, new.nodes["attn"].attrs.kv_heads) == (4, 2)
+    assert (new.nodes["mqa"].attrs.heads, new.nodes["mqa"].attrs.kv_heads) == (2, 1)
+    assert 0 in rows["mqa"]["removed_heads"]["heads"]
+    assert new.nodes["attn"].attrs.head_dim == 2 and new.nodes["mqa"].attrs.head_dim == 4
+    assert weights["attn.qkv.weight"].shape == ((4 + 2 * 2) * 2, 16)
+    assert weights["mqa.out.weight"].shape == (16, 2 * 4)
 
 
 # -- cnn_digits ---------------------------------------------------------------------------------

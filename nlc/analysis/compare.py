@@ -1,6 +1,7 @@
-"""Before and after a compression: per changed layer and in total, parameters, MACs and the
-predicted latency on each target, and, given the compressed model's ONNX file, both models'
-measured onnxruntime CPU latency.
+"""Before and after a compression: per changed layer and in total, parameters, weight bytes
+(as stored: a 4-bit layer's packed codes and scales), MACs and the predicted latency on each
+target, and, given the compressed model's ONNX file, both models' measured onnxruntime CPU
+latency.
 
 Everything is at batch 1 and the spec's other dims: the setting `rank: auto` decides in, and
 the one a single request runs in.
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nlc.analysis.cost import BATCH, NodeCost, analyze
+from nlc.analysis.plan import byte_size
 from nlc.analysis.report import duration, md_table, num
 from nlc.ir import Graph, Node
+from nlc.ops.base import param_bytes
 
 if TYPE_CHECKING:
     from nlc.frontend.load import Spec
@@ -45,8 +48,15 @@ def compression_report(
 
 
 def run_dims(graph: Graph, spec_dims: dict[str, int]) -> dict[str, int]:
-    """Batch 1, the spec's size for the other symbolic dims (default 1)."""
-    return {s: 1 if s == BATCH else spec_dims.get(s, 1) for s in graph.meta["symbols"]}
+    """Batch 1, the spec's size for the other symbolic dims (default 1), at most what the
+    position tables cover: a pipeline may shorten a model's context below the spec's `dims`."""
+    from nlc.emit.onnx import symbol_limits
+
+    limits = {str(s): n for s, n in symbol_limits(graph).items()}
+    return {
+        s: 1 if s == BATCH else min(spec_dims.get(s, 1), limits.get(s, spec_dims.get(s, 1)))
+        for s in graph.meta["symbols"]
+    }
 
 
 def compare(dense: Graph, graph: Graph, targets: list[Target], dims: dict[str, int]) -> dict:
@@ -65,6 +75,7 @@ def compare(dense: Graph, graph: Graph, targets: list[Target], dims: dict[str, i
         for tag, node, side in (("before", old, costs[0]), ("after", new, costs[1])):
             row[f"op_{tag}"] = node.op if node else None
             row[f"params_{tag}"] = side[0].params if side[0] else 0
+            row[f"weight_bytes_{tag}"] = weight_bytes(node) if node else 0
             row[f"macs_{tag}"] = side[0].macs if side[0] else 0
         row["predicted_us"] = {
             t.name: {"before": _us(b), "after": _us(a)}
@@ -74,6 +85,8 @@ def compare(dense: Graph, graph: Graph, targets: list[Target], dims: dict[str, i
     totals = {
         "params_before": dense.num_params(),
         "params_after": graph.num_params(),
+        "weight_bytes_before": sum(map(weight_bytes, dense)),
+        "weight_bytes_after": sum(map(weight_bytes, graph)),
         "macs_before": before[0].macs,
         "macs_after": after[0].macs,
         "predicted_us": {
@@ -114,12 +127,14 @@ def markdown(report: dict) -> str:
     dims = ", ".join(f"{k}={v}" for k, v in report["dims"].items()) or "no symbolic dims"
     targets = list(report["totals"]["predicted_us"])
     out = [f"# Compression of {report['graph']}", "", f"Predicted and measured at {dims}.", ""]
-    headers = ["layer", "op", "params", "MACs", *(f"{t} predicted" for t in targets)]
+    headers = ["layer", "op", "params", "weight bytes", "MACs"]
+    headers += [f"{t} predicted" for t in targets]
     rows = [
         [
             r["node"],
             _arrow(r["op_before"] or "-", r["op_after"] or "-"),
             _arrow(num(r["params_before"]), num(r["params_after"])),
+            _arrow(num(r["weight_bytes_before"]), num(r["weight_bytes_after"])),
             _arrow(num(r["macs_before"]), num(r["macs_after"])),
             *(_us_arrow(r["predicted_us"][t]) for t in targets),
         ]
@@ -131,6 +146,7 @@ def markdown(report: dict) -> str:
             "**total**",
             "",
             _arrow(num(t["params_before"]), num(t["params_after"])),
+            _arrow(num(t["weight_bytes_before"]), num(t["weight_bytes_after"])),
             _arrow(num(t["macs_before"]), num(t["macs_after"])),
             *(_us_arrow(t["predicted_us"][name]) for name in targets),
         ]
@@ -145,6 +161,12 @@ def markdown(report: dict) -> str:
             f"{m['before_ms']:.3g} ms -> {m['after_ms']:.3g} ms ({speedup:.2f}x).",
         ]
     return "\n".join(out) + "\n"
+
+
+def weight_bytes(node: Node) -> int:
+    """Bytes of the node's own parameters in their declared dtypes (a tied one counts where
+    it is stored)."""
+    return param_bytes([p for p in node.params.values() if p.tied_to is None], byte_size(None))
 
 
 def _same(a: Node, b: Node) -> bool:

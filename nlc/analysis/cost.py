@@ -198,8 +198,11 @@ def analyze(
     dtype: str | None = None,
 ) -> Cost:
     """Cost of `graph` on `target` with the symbolic dims set by `dims` (1 where not given)
-    and floating-point tensors in `dtype` (None: as declared)."""
+    and floating-point tensors in `dtype` (None: the `quantize` pass's fp16/bf16 if it ran,
+    else as declared)."""
     dims = _dims(graph, dims or {})
+    if dtype is None and graph.meta.get("quantize", {}).get("dtype") in RUN_DTYPES:
+        dtype = graph.meta["quantize"]["dtype"]
     if dtype is not None and dtype not in RUN_DTYPES:
         raise NlcError(f"cannot run in dtype {dtype!r}", None, f"choose {', '.join(RUN_DTYPES)}")
     plan = Plan(graph, dtype)

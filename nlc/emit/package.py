@@ -67,13 +67,26 @@ def _shape(t) -> list[int | str]:
 
 
 def _layers(names: list[str], ctx: dict) -> str:
-    sources, needs = [], set()
-    for name in names:
+    sources, needs, done = [], set(), set()
+
+    def add(name: str) -> None:
+        # A layer's `# needs:` may name other layer classes: they come first (a subclass).
         head, _, body = (
             (data_dir("templates") / "layers" / f"{name}.py").read_text().partition("\n")
         )
-        needs |= {n.strip() for n in head.removeprefix("# needs:").split(",")}
+        wants = {n.strip() for n in head.removeprefix("# needs:").split(",")}
+        for layer in sorted(wants & layer_names):
+            if layer not in done:
+                done.add(layer)
+                add(layer)
+        needs.update(wants)
         sources.append(body.strip())
+
+    layer_names = {p.stem for p in (data_dir("templates") / "layers").glob("*.py")}
+    for name in names:
+        if name not in done:
+            done.add(name)
+            add(name)
     imports = ["import torch"]
     if "F" in needs:
         imports.append("import torch.nn.functional as F")

@@ -101,7 +101,7 @@ class _Emitter:
         for block in _leaves_first(deps):
             self._emit_block(block, by_block[block])
         body = self._render(root)
-        init = body.init + self._ties()
+        init = body.init + self._ties() + self._cast()
         fill = _fill(body, lambda i, v: _literal(v), keep={})
         self.classes.append(
             ClassDef(
@@ -176,7 +176,7 @@ class _Emitter:
                         match += "_"
                 arg = match
                 by_column[key] = arg
-                args.append((arg, col[0]))
+                args.append((arg, col))
             arg_of[i] = by_column[key]
         # Block params first, in declaration order, then derived arguments in order of use.
         order = list(params[0])
@@ -188,7 +188,7 @@ class _Emitter:
             ClassDef(
                 name,
                 f"# Block `{block}`{where}.",
-                [f"{a}: {type(v).__name__}" for a, v in args],
+                [f"{a}: {_annotation(values)}" for a, values in args],
                 [fill(s) for s in first.init],
                 first.forward_args,
                 [fill(s) for s in first.forward],
@@ -317,6 +317,15 @@ class _Emitter:
             for name, p in self.graph.parameters()
             if p.tied_to is not None
         ]
+
+    def _cast(self) -> list[str]:
+        """After the `quantize` pass to fp16/bf16, the model holds its weights in that dtype
+        and expects floating-point inputs in it too."""
+        dtype = self.graph.meta.get("quantize", {}).get("dtype")
+        if dtype not in ("f16", "bf16"):
+            return []
+        name = {"f16": "float16", "bf16": "bfloat16"}[dtype]
+        return [f"self.to(torch.{name})  # quantize pass: {name} weights; feed {name} inputs"]
 
 
 class _Names:
@@ -481,3 +490,9 @@ def _fill(body: _Body, choose: Callable[[int, Any], str], keep) -> Callable[[str
         return _HOLE.sub(hole, m.group(0).strip("\x01"))
 
     return lambda line: _HOLE.sub(hole, _OPTIONAL.sub(optional, line))
+
+
+def _annotation(values: list[object]) -> str:
+    """The type of a block argument from its value in every instance, e.g. `int | None`."""
+    names = dict.fromkeys("None" if v is None else type(v).__name__ for v in values)
+    return " | ".join(names)

@@ -199,3 +199,201 @@ def _check(source: Path, target: Path, graph: Graph, sizes) -> dict[str, Any]:
         "latency": latency,
         "speedup": round(latency["fp32_ms"] / latency["int8_ms"], 2),
     }
+
+
+# -- the quantize pass's artifacts: fp16 ONNX, the PyTorch int8 helper -------------------------
+
+PYTORCH_FILE = "quantized.py"  # in the package: `load_quantized()`, torch.ao dynamic int8
+HALF_ULPS = 16  # a half-precision output may differ by this many eps of its dtype x its scale
+TORCH_THREADS = (1, 2)
+
+
+def export_half_onnx(
+    package_dir: Path, graph: Graph, spec: Any, opset: int | None, verify: bool
+) -> dict[str, Any]:
+    """model.onnx for a package the `quantize` pass put in fp16 or bf16: the fp32 twin of the
+    model exported and verified as usual, then (fp16) converted by onnxruntime's float16
+    converter, with fp32 inputs and outputs cast at the file's edges so that every runtime and
+    report feeds it as before, and verified against the fp16 PyTorch model within HALF_ULPS
+    eps of fp16. bf16 stays fp32: onnxruntime's CPU provider has no bf16 MatMul or Conv.
+    Returns the report for onnx.json."""
+    import copy
+
+    import onnx
+    import torch
+
+    from nlc.emit.onnx import ONNX_FILE, export_onnx
+    from nlc.emit.package import package_files
+    from nlc.weights import WEIGHTS_FILE
+
+    dtype = graph.meta["quantize"]["dtype"]
+    twin = copy.copy(graph)
+    twin.meta = {k: v for k, v in graph.meta.items() if k != "quantize"}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for rel, text in package_files(twin, spec).items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text, encoding="utf-8")
+        if (package_dir / WEIGHTS_FILE).is_file():
+            state = torch.load(package_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            torch.save(state, folder / WEIGHTS_FILE)
+        report = export_onnx(folder, twin, opset, verify)
+        fp32 = onnx.load(folder / ONNX_FILE)
+    report["dtype"] = "f32"
+    if dtype == "bf16":
+        report["note"] = (
+            "the package runs in bf16; model.onnx is its fp32 twin: onnxruntime's CPU "
+            "provider has no bf16 MatMul or Conv kernels"
+        )
+        onnx.save(fp32, package_dir / ONNX_FILE)
+        return report
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    report["bytes_fp32"] = report["bytes"]
+    half = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=True)
+    onnx.save(half, package_dir / ONNX_FILE)
+    report |= {"dtype": "f16", "bytes": (package_dir / ONNX_FILE).stat().st_size}
+    if verify:
+        report |= _verify_half(package_dir, graph)
+    return report
+
+
+def _verify_half(package_dir: Path, graph: Graph) -> dict[str, Any]:
+    """Run the fp16 file and the fp16 PyTorch package on the same inputs at each verification
+    size; fail the build when an output differs by more than HALF_ULPS eps x its scale."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from nlc.emit.onnx import (
+        ONNX_FILE,
+        SEED,
+        example_inputs,
+        imported_package,
+        output_error,
+        seeded_model,
+    )
+
+    tolerance = HALF_ULPS * float(np.finfo(np.float16).eps)
+    session = ort.InferenceSession(str(package_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+    checks, failures = [], []
+    with imported_package(package_dir, graph.name) as package:
+        model = seeded_model(package, package_dir)
+        for k, size in enumerate(example_sizes_of(graph)):
+            args = [_half(t) for t in example_inputs(graph, size, SEED + 1 + k)]
+            with torch.no_grad():
+                want = model(*args)
+            want = _outputs(want)
+            # The file keeps fp32 inputs and outputs (casts at its edges): the same values.
+            feeds = {n.name: _float(t).numpy() for n, t in zip(graph.inputs, args, strict=True)}
+            try:
+                have = session.run(None, feeds)
+            except Exception as e:  # onnxruntime's errors have no common base class
+                raise NlcError(
+                    f"onnxruntime cannot run the fp16 {ONNX_FILE}: {e}",
+                    None,
+                    "quantize to bf16 (fp32 ONNX) or none, or build with --no-onnx",
+                ) from e
+            outputs = {}
+            for name, w, h in zip(graph.outputs, want, have, strict=True):
+                error, scale = output_error(w.float().numpy(), h)
+                outputs[name] = {
+                    "max_abs_error": float(f"{error:.3g}"),
+                    "scale": float(f"{scale:.3g}"),
+                }
+                if not error <= tolerance * scale:
+                    failures.append(f"{name}: {error:.3g} > {tolerance:.3g} x {scale:.3g}")
+            checks.append({"sizes": {str(s): n for s, n in size.items()}, "outputs": outputs})
+    if failures:
+        raise NlcError(
+            "the fp16 model.onnx does not match the fp16 PyTorch model: " + "; ".join(failures),
+            None,
+            "quantize to bf16 or none, or build with --skip-verify",
+        )
+    return {"tolerance": float(f"{tolerance:.3g}"), "checks": checks}
+
+
+def example_sizes_of(graph: Graph) -> list:
+    from nlc.emit.onnx import example_sizes, symbol_limits
+
+    return example_sizes(graph, symbol_limits(graph))
+
+
+def _half(t):
+    return t.half() if t.is_floating_point() else t
+
+
+def _float(t):
+    return t.float() if t.is_floating_point() else t
+
+
+def quantize_pytorch(package_dir: Path, graph: Graph, linears: list[str]) -> dict[str, Any]:
+    """Write the package's `quantized.py` (torch.ao dynamic int8 of `linears`) and measure it
+    against the fp32 model: the max error relative to each output's scale at the verification
+    sizes, and eager CPU latency at the first size on TORCH_THREADS threads."""
+    import importlib
+
+    import torch
+
+    from nlc import __version__
+    from nlc.calibrate.timing import best_of_rounds
+    from nlc.emit.onnx import SEED, example_inputs, imported_package, output_error, seeded_model
+    from nlc.emit.render import format_python, render
+    from nlc.weights import WEIGHTS_FILE
+
+    text = render("package/quantized.py.j2", name=graph.name, version=__version__, linears=linears)
+    (package_dir / graph.name / PYTORCH_FILE).write_text(format_python(text, PYTORCH_FILE))
+    weights = package_dir / WEIGHTS_FILE
+    sizes = example_sizes_of(graph)
+    threads = torch.get_num_threads()
+    with imported_package(package_dir, graph.name) as package, torch.random.fork_rng(devices=[]):
+        fp32 = seeded_model(package, package_dir)
+        torch.manual_seed(SEED)  # the seeded weights of fp32, when the build has none
+        helper = importlib.import_module(f"{package.__name__}.quantized")
+        int8 = helper.load_quantized(str(weights) if weights.is_file() else None)
+        worst, inputs = 0.0, [example_inputs(graph, s, SEED + 1 + k) for k, s in enumerate(sizes)]
+        with torch.inference_mode():
+            for args in inputs:
+                want, have = fp32(*args), int8(*args)
+                for w, h in zip(_outputs(want), _outputs(have), strict=True):
+                    error, scale = output_error(w.numpy(), h.numpy())
+                    worst = max(worst, error / scale)
+        latency: dict[str, Any] = {}
+        try:
+            for n in TORCH_THREADS:
+                torch.set_num_threads(n)
+                runs = {name: _call(m, inputs[0]) for name, m in (("fp32", fp32), ("int8", int8))}
+                ms = {k: min(v) * 1e3 for k, v in best_of_rounds(runs, MEASURE_BUDGET_S).items()}
+                latency[f"{n}_threads"] = {
+                    "fp32_ms": float(f"{ms['fp32']:.4g}"),
+                    "int8_ms": float(f"{ms['int8']:.4g}"),
+                    "speedup": round(ms["fp32"] / ms["int8"], 2),
+                }
+        finally:
+            torch.set_num_threads(threads)
+    return {
+        "file": f"{graph.name}/{PYTORCH_FILE}",
+        "method": "torch.ao.quantization.quantize_dynamic (qint8, per tensor)",
+        "linears": len(linears),
+        "max_relative_error": float(f"{worst:.3g}"),
+        "latency": {
+            "runtime": "PyTorch eager CPU",
+            "sizes": {str(s): n for s, n in sizes[0].items()},
+            **latency,
+        },
+    }
+
+
+def _outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _call(model, args):
+    import torch
+
+    def run():
+        with torch.inference_mode():
+            model(*args)
+
+    return run

@@ -9,19 +9,21 @@ from nlc import __version__
 from nlc.emit.render import format_python, render
 from nlc.frontend.load import Spec
 from nlc.frontend.train_ast import TrainSpec
+from nlc.frontend.train_check import ADAPTERS, has_lora, resolve_parameters
 from nlc.ir import Graph
 from nlc.ir.types import DTYPES
 
 
 def training_files(graph: Graph, spec: Spec) -> dict[str, str]:
     """Relative path -> text of the training modules of the package (deterministic)."""
-    train = spec.ast.train
-    assert train is not None, "training_files needs a spec with a train section"
+    assert spec.ast.train is not None, "training_files needs a spec with a train section"
+    train = resolve_parameters(spec.ast.train, graph)
     ctx = {
         "name": graph.name,
         "version": __version__,
-        "config": repr(train.model_dump(mode="json")),
+        "config": repr(config(train)),
         "train": train,
+        "trainable": trainable(graph, train),
         "input": _input(graph, train),
         "num_outputs": _num_outputs(graph),
         "checkpoint_modules": checkpoint_modules(graph, train.grad_checkpointing),
@@ -35,6 +37,25 @@ def training_files(graph: Graph, spec: Spec) -> dict[str, str]:
         f"{graph.name}/{m}.py": format_python(render(f"train/{m}.py.j2", **ctx), f"{m}.py")
         for m in modules
     }
+
+
+def config(train: TrainSpec) -> dict[str, Any]:
+    """The CONFIG of train.py: the resolved section, less `iterative` (which `nlc train` runs)
+    and the settings of features the spec does not use, so that their scripts stay as they were."""
+    exclude: dict[str, Any] = {"iterative": True}
+    exclude |= {k: True for k in ("trainable", "distill") if getattr(train, k) is None}
+    if train.optimizer.lora_plus_ratio is None:
+        exclude["optimizer"] = {"lora_plus_ratio"}
+    return train.model_dump(mode="json", exclude=exclude)
+
+
+def trainable(graph: Graph, train: TrainSpec) -> list[str] | None:
+    """Globs of the parameters that train (the others are frozen), or None when all train: a
+    LoRA model trains its adapters, and the parameters that `trainable:` names."""
+    lora = ADAPTERS if has_lora(graph) else []
+    if train.trainable is None and not lora:
+        return None
+    return [*lora, *(train.trainable or [])]
 
 
 def _input(graph: Graph, train: TrainSpec) -> dict[str, Any]:
@@ -88,6 +109,9 @@ def fixed_keys(train: TrainSpec) -> list[str]:
         fixed.append("precision")
     if train.accumulate == 1:
         fixed.append("accumulate")
+    # Resolved into TRAINABLE and the optimizer's groups when the script is generated.
+    fixed += ["trainable"] * (train.trainable is not None)
+    fixed += ["optimizer.lora_plus_ratio"] * (train.optimizer.lora_plus_ratio is not None)
     for key, value in (
         ("clip_grad", train.clip_grad),
         ("early_stopping", train.early_stopping),

@@ -41,6 +41,14 @@ _RESERVED_ARGS = {
 }
 
 
+def _bare_name(value: Any) -> Any:
+    """`relu` for the reference `${relu}` to a bare name, else `value`."""
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+        inner = value[2:-1]
+        return inner if inner.isidentifier() else value
+    return value
+
+
 def settings_of(spec: ModelSpec) -> dict[str, Any]:
     """The settings a spec gives, or that differ from their defaults, for printers; a section
     (`train:`) as the plain mapping of the keys it was given."""
@@ -399,10 +407,24 @@ class _Builder:
             self.pos.values[path] = self.loc(op)
             if len(item) > 1:
                 self.pos.values[(*path, "op")] = self.loc(op)
+            if item["op"] == "choice" and "ops" in item:
+                self._op_choice(item, path)
             self.notes.ends[path] = call.meta.end_line
             if k:
                 self.notes.chained.add(path)
             graph.append(item if len(item) > 1 else item["op"])
+
+    def _op_choice(self, item: dict[str, Any], path: Path_) -> None:
+        """`choice(ops=[relu, gelu], ...)`, a search space's op choice: `op: {choice: [...]}`."""
+        ops = item.pop("ops")
+        if isinstance(ops, list):  # bare names read as param references: `${relu}` -> relu
+            ops = [_bare_name(o) for o in ops]
+        item["op"] = {"choice": ops}
+        self.pos.keys[(*path, "op")] = self.pos.keys.pop((*path, "ops"))
+        for sub in [k for k in self.pos.values if k[: len(path) + 1] == (*path, "ops")]:
+            rest = sub[len(path) + 1 :]
+            self.pos.values[(*path, "op", "choice", *rest)] = self.pos.values.pop(sub)
+        self.pos.values[(*path, "op")] = self.pos.values[(*path, "op", "choice")]
 
     def _attr(self, item: dict[str, Any], path: Path_, key: Token, value: Any) -> None:
         if key in _RESERVED_ARGS:

@@ -12,10 +12,10 @@ from nlc.frontend.ast import IncludeSpec, ModelSpec
 from nlc.frontend.dsl import parse_dsl
 from nlc.frontend.dsl_format import dsl_units, format_dsl
 from nlc.frontend.layout import Layout, place, yaml_layout
-from nlc.frontend.load import validate
 from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_format import format_yaml, yaml_units
 from nlc.frontend.yaml_source import Path_, Positions, parse_yaml, read_source
+from nlc.search.space_format import mask, unmask, validate_masked
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -27,6 +27,7 @@ class Source:
     spec: ModelSpec | IncludeSpec | PipelineSpec
     pos: Positions
     layout: Layout
+    markers: list[dict[str, Any]]  # a search space's choice markers, placeholders in `spec`
 
 
 def read(path: str | Path) -> Source:
@@ -42,13 +43,14 @@ def read(path: str | Path) -> Source:
         doc, pos = parse_yaml(text, display)
         layout = yaml_layout(text)
     _plain(doc, pos, ())
+    doc, markers = mask(doc)
     model_keys = ("name", "params", "inputs", "graph", "outputs")
     kind = IncludeSpec
     if isinstance(doc, dict) and "model" in doc:
         kind = PipelineSpec
     elif isinstance(doc, dict) and any(k in doc for k in model_keys):
         kind = ModelSpec
-    return Source(validate(kind, doc, pos), pos, layout)
+    return Source(validate_masked(kind, doc, pos, len(markers)), pos, layout, markers)
 
 
 def _plain(value: Any, pos: Positions, path: Path_) -> None:
@@ -72,7 +74,7 @@ def render(source: Source, dsl: bool) -> str:
     """The spec as `.nlc` text (`dsl`) or YAML, with the source's comments and blank lines."""
     units = (dsl_units if dsl else yaml_units)(source.spec)
     placed = place(source.layout, source.pos, units, footers=dsl)
-    return (format_dsl if dsl else format_yaml)(source.spec, placed)
+    return unmask((format_dsl if dsl else format_yaml)(source.spec, placed), source.markers, dsl)
 
 
 def format_file(path: str | Path, write: bool = True) -> bool:

@@ -18,6 +18,7 @@ from nlc.frontend.expr import is_expr
 from nlc.frontend.names import check_identifier
 from nlc.frontend.train_ast import PipelineSpec
 from nlc.frontend.yaml_source import Positions, load_yaml
+from nlc.search.markers import first_marker
 
 
 @dataclass
@@ -36,17 +37,26 @@ class Spec:
         return self.root or self.path.parent
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+# Documents given in place of files (resolved path -> document and positions): the concrete
+# documents of one point of a search space.
+Documents = dict[Path, tuple[Any, Positions]]
+
+
+def load_spec(
+    path: str | Path, overrides: dict[str, Any] | None = None, documents: Documents | None = None
+) -> Spec:
     """Load a model spec, or a pipeline file (a `model:` spec path and a `train:` section).
 
     `overrides` are `--set` values: `name` sets a model param, `train.a.b` a train setting.
+    A file with choice markers is a search space, refused here (see `nlc.search.space`)
+    unless `documents` gives its concrete documents.
     """
     path = Path(path)
     params = {k: v for k, v in (overrides or {}).items() if not k.startswith("train.")}
     train = {k[len("train.") :]: v for k, v in (overrides or {}).items() if k.startswith("train.")}
-    data, pos = load_document(path, str(path))
+    data, pos = _document(path, str(path), documents, path)
     if isinstance(data, dict) and "model" in data:
-        return _load_pipeline(path, _set_train(data, train), pos, params)
+        return _load_pipeline(path, _set_train(data, train), pos, params, documents)
     spec = validate(ModelSpec, _set_train(data, train), pos)
     return _resolve_model(spec, path, data, params)
 
@@ -88,7 +98,9 @@ def _set_train(data: Any, settings: dict[str, Any]) -> Any:
     return data
 
 
-def _load_pipeline(path: Path, data: dict, pos: Positions, params: dict[str, Any]) -> Spec:
+def _load_pipeline(
+    path: Path, data: dict, pos: Positions, params: dict[str, Any], documents: Documents | None
+) -> Spec:
     """A pipeline file: its model spec loaded with the pipeline's params (then `--set`'s), and
     the pipeline's name and train section in place of the model's."""
     pipe = validate(PipelineSpec, data, pos)
@@ -100,7 +112,7 @@ def _load_pipeline(path: Path, data: dict, pos: Positions, params: dict[str, Any
             ref.at("spec"),
             f"the path is relative to the pipeline file: looked for {model_path}",
         )
-    model_data, model_pos = load_document(model_path, str(model_path))
+    model_data, model_pos = _document(model_path, str(model_path), documents, path)
     if isinstance(model_data, dict) and "model" in model_data:
         raise NlcError(
             f"{ref.spec!r} is a pipeline file, not a model spec",
@@ -127,6 +139,33 @@ def load_document(path: Path, display: str) -> tuple[Any, Positions]:
     """The plain document of a spec file and its positions: `.nlc` files are in the DSL, any
     other is YAML."""
     return load_dsl(path, display) if path.suffix == ".nlc" else load_yaml(path, display)
+
+
+def _document(
+    path: Path, display: str, documents: Documents | None, top: Path
+) -> tuple[Any, Positions]:
+    """The document at `path` (the given one if `documents` has it); one with choice markers is
+    refused: `top`, the file being loaded, is a search space."""
+    if documents is not None and path.resolve() in documents:
+        return documents[path.resolve()]
+    data, pos = load_document(path, display)
+    if (marker := first_marker(data)) is not None:
+        raise _space_error(top, pos.value(marker) if path != top else None)
+    return data, pos
+
+
+def _space_error(top: Path, where: SourceLoc | None) -> NlcError:
+    from nlc.search.space import load_space  # the space module builds on this one
+
+    space = load_space(top)
+    n = len(space.dims) if space else 0
+    return NlcError(
+        f"{top} is a search space with {n} dimension{'s' * (n != 1)} (choices such as this "
+        "one); `nlc build` and `nlc train` take a concrete spec",
+        where or (space.dims[0].loc if space and space.dims else None),
+        f"run `nlc search {top}` to search it (`nlc check {top}` lists its dimensions), "
+        "then build one of its results, e.g. front/0.yaml",
+    )
 
 
 def _dump_nodes(nodes: list[dict[str, Any]]) -> list[Any]:
@@ -400,6 +439,12 @@ def _merge_includes(
             )
         seen.add(target)
         data, pos = load_document(target, display)
+        if (marker := first_marker(data)) is not None:
+            raise NlcError(
+                f"choice markers in an included file ({display}) are not supported",
+                pos.value(marker),
+                "move the searched block into the spec file itself",
+            )
         inc = validate(IncludeSpec, data, pos)
         for name, block in inc.blocks.items():
             if name in blocks:

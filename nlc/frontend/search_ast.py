@@ -60,7 +60,9 @@ class EvolutionSpec(SpecItem):
 
     noun, example = "evolution settings", "{population: 16, sample: 4}"
 
-    population: int = Field(16, ge=2, description="the living population (oldest dies first)")
+    population: int = Field(
+        16, ge=2, description="the living population (oldest dies first); also NSGA-II's"
+    )
     sample: int = Field(4, ge=1, description="tournament size: the best of this many is mutated")
 
 

@@ -87,6 +87,12 @@ class OptimizerSpec(SpecItem):
     groups: list[GroupSpec] = Field(
         [], description="learning-rate multipliers for parameters matching a name glob"
     )
+    lora_plus_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA+ (Hayou et al. 2024): the LoRA B matrices train at lr x this ratio "
+        "(e.g. 16)",
+    )
 
 
 class ScheduleSpec(SpecItem):
@@ -146,6 +152,39 @@ class TrackingSpec(SpecItem):
     mlflow: bool | str = Field(False, description="true (a file store in the run) or a URI")
 
 
+class DistillSpec(SpecItem):
+    """Knowledge distillation (Hinton et al. 2015) from a trained teacher: the loss is
+    (1 - alpha) task loss + alpha T^2 KL(softmax(teacher / T) || softmax(student / T))."""
+
+    noun, example = "distill section", "{teacher: runs/big, temperature: 4.0, alpha: 0.5}"
+
+    teacher: str = Field(
+        description="an `nlc train` run folder, or a spec file (then `weights:` too), "
+        "relative to the spec file"
+    )
+    weights: str | None = Field(
+        None, description="a spec teacher's trained weights (a .pt file or a run folder)"
+    )
+    temperature: float = Field(4.0, gt=0, description="softens both distributions")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+
+
+class IterativeSpec(SpecItem):
+    """Compression in steps: the passes' amounts grow step by step, with fine-tuning between."""
+
+    noun, example = "iterative section", "{steps: 3, epochs: 2, schedule: cubic}"
+
+    steps: int = Field(2, ge=1, description="compression steps, each followed by fine-tuning")
+    epochs: int | None = Field(
+        None, gt=0, description="fine-tuning epochs per step (default: the train section's length)"
+    )
+    schedule: Literal["linear", "cubic"] = Field(
+        "linear",
+        description="amount after step i of n: target x i / n (linear), or "
+        "target x (1 - (1 - i / n)^3) (cubic, Zhu & Gupta 2017)",
+    )
+
+
 class TrainSpec(SpecItem):
     """How the model is trained."""
 
@@ -186,6 +225,15 @@ class TrainSpec(SpecItem):
     tracking: TrackingSpec = Field(TrackingSpec(), description="TensorBoard and MLflow")
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="how torchrun workers share the model"
+    )
+    trainable: list[str] | None = Field(
+        None,
+        description="globs on qualified parameter names that train; the others are frozen "
+        "(LoRA adapters always train; default: all, or only the adapters of a LoRA model)",
+    )
+    distill: DistillSpec | None = Field(None, description="learn from a trained teacher too")
+    iterative: IterativeSpec | None = Field(
+        None, description="a pipeline's passes in steps with fine-tuning between (`nlc train`)"
     )
 
 

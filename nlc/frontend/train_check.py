@@ -7,12 +7,14 @@ the vocabulary, metric names, block names. `check_data` adds what needs the data
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from pathlib import Path
 from typing import Any
 
 from nlc.errors import NlcError, did_you_mean
 from nlc.frontend.load import Spec
-from nlc.frontend.train_ast import TokenizerSpec, TrainSpec
+from nlc.frontend.train_ast import GroupSpec, OptimizerSpec, TokenizerSpec, TrainSpec
 from nlc.ir import Graph
 from nlc.ir.types import TensorType
 
@@ -22,6 +24,9 @@ _TOPK = re.compile(r"top([1-9][0-9]*)\Z")
 _OWN = {"classification": ["accuracy"], "regression": ["mae", "rmse"], "lm": ["perplexity"]}
 _OWN["mlm"] = _OWN["lm"]
 _FILE_SOURCES = ("arrays", "tokens", "csv", "text")
+# LoRA's adapter parameters (`lora_linear`): what a LoRA model trains, and LoRA+'s B matrices.
+ADAPTERS = ["*.lora_A", "*.lora_B"]
+_DISTILL_TASKS = ("classification", "lm")
 _SOURCES_OF = {
     "classification": ("digits", "synthetic", "arrays", "csv"),
     "regression": ("synthetic", "arrays", "csv"),
@@ -72,6 +77,8 @@ def resolve_train(spec: Spec, graph: Graph) -> TrainSpec:
     if train.early_stopping is not None:
         updates["early_stopping"] = _early_stopping(train, logged)
     _check_optimizer(train)
+    if train.distill is not None:
+        _check_distill(spec, train, out)
     _check_blocks(spec, train)
     if train.batch_size % train.accumulate:
         raise NlcError(
@@ -297,3 +304,132 @@ def _check_blocks(spec: Spec, train: TrainSpec) -> None:
                 did_you_mean(name, spec.ast.blocks)
                 or f"blocks: {', '.join(spec.ast.blocks) or 'none'}",
             )
+
+
+def has_lora(graph: Graph) -> bool:
+    return any(node.op == "lora_linear" for node in graph)
+
+
+def resolve_parameters(train: TrainSpec, graph: Graph) -> TrainSpec:
+    """The settings that name parameters, checked against the graph *after* the passes (a
+    `lora` pass adds the adapters; a decomposition renames weights): `trainable:` globs must
+    match, and LoRA+ becomes a parameter group of the B matrices."""
+    _check_trainable(train, graph)
+    if train.optimizer.lora_plus_ratio is None:
+        return train
+    return train.model_copy(update={"optimizer": _lora_plus(train.optimizer, graph)})
+
+
+def _check_trainable(train: TrainSpec, graph: Graph) -> None:
+    names = [name for name, _ in graph.parameters()]
+    for i, glob in enumerate(train.trainable or []):
+        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+            raise NlcError(
+                f"trainable: {glob!r} matches no parameter of the model",
+                train.at("trainable", i),
+                did_you_mean(glob, names)
+                or f"parameters are named node.param, e.g. {', '.join(names[:3])}",
+            )
+
+
+def _lora_plus(opt: OptimizerSpec, graph: Graph) -> OptimizerSpec:
+    """LoRA+ as a parameter group of the B matrices, first so that it wins over the others."""
+    if not has_lora(graph):
+        raise NlcError(
+            "lora_plus_ratio needs LoRA adapters, and the model has no lora_linear layer",
+            opt.key_at("lora_plus_ratio"),
+            "add the lora pass (`passes: [{pass: lora, rank: 8}]`), or remove lora_plus_ratio",
+        )
+    group = GroupSpec(params=ADAPTERS[1], lr_scale=opt.lora_plus_ratio)
+    return opt.model_copy(update={"groups": [group, *opt.groups]})
+
+
+def teacher_paths(spec: Spec, train: TrainSpec) -> tuple[Path, Path]:
+    """The teacher's spec file and weights (a .pt file or a run folder) of `train.distill`,
+    checked to exist: a run folder's are its package's spec.yaml and the folder itself."""
+    distill = train.distill
+    assert distill is not None
+    teacher = spec.data_root / distill.teacher
+    if teacher.is_dir():
+        if distill.weights is not None:
+            raise NlcError(
+                "a run-folder teacher brings its own weights: `weights:` is for a spec teacher",
+                distill.key_at("weights"),
+                "remove `weights:`",
+            )
+        found = [teacher / "checkpoints" / n for n in ("best.pt", "last.pt")]
+        if not (teacher / "package" / "spec.yaml").is_file() or not any(f.is_file() for f in found):
+            raise NlcError(
+                f"teacher {distill.teacher!r} is a folder but not a trained `nlc train` run "
+                "(no package/spec.yaml and checkpoints/best.pt)",
+                distill.at("teacher"),
+                f"the path is relative to the spec file: looked in {teacher}",
+            )
+        return teacher / "package" / "spec.yaml", teacher
+    if not teacher.is_file():
+        raise NlcError(
+            f"teacher {distill.teacher!r} does not exist",
+            distill.at("teacher"),
+            f"give a run folder of `nlc train` or a spec file, relative to the spec file: "
+            f"looked for {teacher}",
+        )
+    if distill.weights is None:
+        raise NlcError(
+            f"teacher {distill.teacher!r} is a spec file: its trained weights are needed too",
+            distill.at("teacher"),
+            "add `weights: runs/teacher` (a run folder or a .pt file), or name the teacher's "
+            "run folder instead",
+        )
+    weights = spec.data_root / distill.weights
+    if not weights.exists():
+        raise NlcError(
+            f"teacher weights {distill.weights!r} do not exist",
+            distill.at("weights"),
+            f"the path is relative to the spec file: looked for {weights}",
+        )
+    return teacher, weights
+
+
+def _check_distill(spec: Spec, train: TrainSpec, out: TensorType) -> None:
+    """The teacher exists, and its output has the student's shape (logits to compare)."""
+    distill = train.distill
+    assert distill is not None
+    if train.task not in _DISTILL_TASKS:
+        raise NlcError(
+            f"distillation compares logits: task {train.task!r} has none to compare",
+            train.key_at("distill"),
+            f"distill a model of task {' or '.join(_DISTILL_TASKS)}",
+        )
+    teacher_spec, _ = teacher_paths(spec, train)
+    from nlc.frontend.load import load_spec
+    from nlc.frontend.lower import lower
+
+    try:
+        loaded = load_spec(teacher_spec)
+        loaded.ast.train = None  # its own training settings do not matter here
+        graph = lower(loaded)
+    except NlcError as e:
+        raise NlcError(
+            f"teacher {distill.teacher!r}: {e.message}", distill.at("teacher"), e.hint
+        ) from None
+    if len(graph.outputs) != 1:
+        raise NlcError(
+            f"teacher {distill.teacher!r} has {len(graph.outputs)} outputs, the student one",
+            distill.at("teacher"),
+            "distill from a model with one output",
+        )
+    theirs = graph.type_of(next(iter(graph.outputs.values())))
+    if not _same_shape(theirs.shape, out.shape):
+        raise NlcError(
+            f"the teacher's output {theirs} (of {teacher_spec}) does not match the student's "
+            f"{out} ({spec.ast.name})",
+            distill.at("teacher"),
+            "teacher and student must give logits of the same shape: same classes or vocabulary",
+        )
+
+
+def _same_shape(a: tuple, b: tuple) -> bool:
+    """Equal ranks and equal fixed sizes (symbolic dims, the batch say, match anything)."""
+    return len(a) == len(b) and all(
+        x == y for x, y in zip(a, b, strict=True) if isinstance(x, int) and isinstance(y, int)
+    )

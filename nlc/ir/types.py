@@ -22,9 +22,10 @@ DTYPES = {
     "i64": "int64",
     "i32": "int32",
     "bool": "bool",
+    "u8": "uint8",  # packed 4-bit weights (nlc.ops.quantized)
 }
 FLOAT_DTYPES = frozenset({"f32", "f16", "bf16", "f64"})
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "bool": 1}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "bool": 1, "u8": 1}
 
 
 def sym(name: str) -> sympy.Symbol:

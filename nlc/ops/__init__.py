@@ -4,8 +4,10 @@ from nlc.ops import (  # noqa: F401  (registration)
     activation,
     factorized,
     lora,
+    mixed,
     nn,
     pooling,
+    quantized,
     tensor,
     transformer,
 )

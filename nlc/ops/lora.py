@@ -4,6 +4,9 @@
 loads into it, and adds `lora_A [rank, in]` and `lora_B [out, rank]`:
 y = x W^T + b + (alpha / rank) dropout(x) A^T B^T. The `lora` pass puts it in place of linear
 layers; `lora_merge` folds the update back into a plain `linear`.
+
+`qlora_linear` is QLoRA (Dettmers et al. 2023): the same update over a frozen 4-bit base, a
+`quant_linear`'s `qweight` and `scales` (nlc.ops.quantized) in place of `weight`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from nlc.ir.types import norm
 from nlc.ops.base import Attrs, concrete, kwarg, register
 from nlc.ops.factorized import _Chain
 from nlc.ops.nn import Linear, PosInt
+from nlc.ops.quantized import QuantLinearAttrs, check_groups, quant_params
 
 
 class LoRALinearAttrs(Attrs):
@@ -48,12 +52,15 @@ class LoRALinear(_Chain, Linear):
     layer = "LoRALinear"
 
     def params(self, a, ins):
-        fin = concrete(ins[0].shape[-1], "lora_linear input features")
-        p = {"weight": Param((a.out, fin))}
+        fin = concrete(ins[0].shape[-1], f"{self.name} input features")
+        p = self.base_params(a, fin)
         if a.bias:
             p["bias"] = Param((a.out,), init="zeros")
         # B starts at zero: a fresh adapter leaves the base layer's outputs unchanged.
         return p | {"lora_A": Param((a.rank, fin)), "lora_B": Param((a.out, a.rank), init="zeros")}
+
+    def base_params(self, a, fin: int) -> dict[str, Param]:
+        return {"weight": Param((a.out, fin))}
 
     def chain(self, a, x, y):
         # The base matmul, then the adapter's two: x -> h [.., rank] -> u [.., out].
@@ -83,4 +90,37 @@ class LoRALinear(_Chain, Linear):
             f"LoRALinear({lit(ins[0].shape[-1], 'in_features')}, {lit(a.out, 'out_features')}, "
             f"{lit(a.rank, 'rank')}, {lit(a.alpha, 'alpha')}"
             f"{kwarg(lit, 'dropout', a.dropout, 0.0)}{kwarg(lit, 'bias', a.bias, True)})"
+        )
+
+
+class QLoRALinearAttrs(LoRALinearAttrs, QuantLinearAttrs):
+    pass
+
+
+@register
+class QLoRALinear(LoRALinear):
+    name = "qlora_linear"
+    doc = (
+        "QLoRA: a frozen 4-bit (NF4 or int4) linear layer and a trainable low-rank update: "
+        "x dequant(W)^T + b + (alpha / rank) x A^T B^T."
+    )
+    Attrs = QLoRALinearAttrs
+    layer = "QuantLinear"  # the 4-bit layer with its optional adapter
+
+    def infer(self, a, ins):
+        outs = super().infer(a, ins)
+        check_groups(
+            concrete(ins[0].shape[-1], f"{self.name} input features"), a.group_size, self.name
+        )
+        return outs
+
+    def base_params(self, a, fin):
+        return quant_params(a.out, fin, a.group_size)
+
+    def module(self, a, ins, lit):
+        return (
+            f"QuantLinear({lit(ins[0].shape[-1], 'in_features')}, {lit(a.out, 'out_features')}"
+            f"{kwarg(lit, 'format', a.format, 'nf4')}{kwarg(lit, 'group_size', a.group_size, 64)}"
+            f"{kwarg(lit, 'bias', a.bias, True)}, rank={lit(a.rank, 'rank')}, "
+            f"alpha={lit(a.alpha, 'alpha')}{kwarg(lit, 'dropout', a.dropout, 0.0)})"
         )

@@ -351,3 +351,17 @@ class Mean(Op):
         dims = lit(tuple(a.dims), "dims") if len(a.dims) > 1 else lit(a.dims[0], "dim")
         keep = ", keepdim=True" if a.keepdim else ""
         return f"{args[0]}.mean({dims}{keep})"
+
+
+@register
+class Identity(Op):
+    name = "identity"
+    doc = "Its input unchanged: the `skip` choice of a search space, and an optional item left out."
+    kind = "view"
+    saves = "none"
+
+    def infer(self, a, ins):
+        return list(ins)
+
+    def call(self, a, args, mod, lit):
+        return args[0]

@@ -138,16 +138,20 @@ class Attention(Op):
         )
 
     def module(self, a, ins, lit):
-        dim = ins[0].shape[2]
-        out_bias = a.bias if a.out_bias is None else a.out_bias
-        return (
-            f"Attention({lit(dim, 'dim')}, {lit(a.heads, 'heads')}"
-            f"{kwarg(lit, 'kv_heads', a.kv_heads, None)}{kwarg(lit, 'head_dim', a.head_dim, None)}"
-            f"{kwarg(lit, 'bias', a.bias, True)}{kwarg(lit, 'out_bias', out_bias, a.bias)}"
-            f"{kwarg(lit, 'causal', a.causal, False)}{kwarg(lit, 'rope', a.rope, False)}"
-            f"{kwarg(lit, 'rope_base', a.rope_base, 10000.0)}"
-            f"{kwarg(lit, 'dropout', a.dropout, 0.0)})"
-        )
+        return f"Attention({attention_args(a, ins, lit)})"
+
+
+def attention_args(a, ins, lit, extra: str = "") -> str:
+    """The Attention layer's arguments; `extra` keyword arguments follow `heads`."""
+    out_bias = a.bias if a.out_bias is None else a.out_bias
+    return (
+        f"{lit(ins[0].shape[2], 'dim')}, {lit(a.heads, 'heads')}{extra}"
+        f"{kwarg(lit, 'kv_heads', a.kv_heads, None)}{kwarg(lit, 'head_dim', a.head_dim, None)}"
+        f"{kwarg(lit, 'bias', a.bias, True)}{kwarg(lit, 'out_bias', out_bias, a.bias)}"
+        f"{kwarg(lit, 'causal', a.causal, False)}{kwarg(lit, 'rope', a.rope, False)}"
+        f"{kwarg(lit, 'rope_base', a.rope_base, 10000.0)}"
+        f"{kwarg(lit, 'dropout', a.dropout, 0.0)}"
+    )
 
 
 class GatedMLPAttrs(Attrs):

@@ -1,5 +1,6 @@
 """Structured pruning: remove whole output channels of conv and linear layers, with every
-layer their channels reach (residual adds, norms, depthwise convs, concats, consumers)."""
+layer their channels reach (residual adds, norms, depthwise convs, concats, consumers), and
+whole heads of attention layers (`ops: [attention]`; their layout is `nlc.passes.heads`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import Field
 from nlc.ir import Graph, Node
 from nlc.ir.graph import Value
 from nlc.passes.base import PassResult, Weights, register
+from nlc.passes.heads import HeadLayout, importance, remove
 from nlc.passes.reinfer import interface, keep_interface, reinfer
 from nlc.passes.select import Selection, selected
 
@@ -29,18 +31,23 @@ _CONVS = {"conv1d", "conv2d"}
 
 
 class ChannelsOptions(Selection):
-    ops: list[Literal["conv2d", "conv1d", "linear"]] = Field(
-        default=["conv2d", "linear"], description="op types whose output channels are pruned"
+    ops: list[Literal["conv2d", "conv1d", "linear", "attention"]] = Field(
+        default=["conv2d", "linear"],
+        description="op types whose output channels are pruned; attention: its heads (whole "
+        "kv groups under grouped-query attention)",
     )
     amount: float = Field(
-        default=0.5, ge=0, lt=1, description="fraction of each group's channels removed"
+        default=0.5, ge=0, lt=1, description="fraction of each group's channels (or heads) removed"
     )
     importance: Literal["l1", "l2", "bn_scale"] = Field(
         default="l1",
         description="channel score: norm of the producing weight rows, or |gamma| of the "
-        "BatchNorm after the layer (l1 where there is none)",
+        "BatchNorm after the layer (l1 where there is none); heads: norm of their q/k/v rows "
+        "and out columns",
     )
-    round_to: int = Field(default=1, gt=0, description="keep channel counts a multiple of this")
+    round_to: int = Field(
+        default=1, gt=0, description="keep channel (and head) counts a multiple of this"
+    )
 
 
 @dataclass(frozen=True)
@@ -107,19 +114,22 @@ def channels(
     that reach a model output, an op whose channel layout cannot be followed (reshape,
     permute, attention, ...), a model input or a tied weight are skipped, and the report says
     why. Without weights (structural mode) importance is undefined: the last channels of each
-    group go, deterministically.
+    group go, deterministically. Attention heads leave no trace outside their node (the model
+    dim stays), so each attention layer is a group of its own.
     """
     before = interface(graph)
-    producers, report = _producers(graph, options)
+    out = None if weights is None else dict(weights)
+    report, heads_pruned = _heads(graph, out, options)
+    producers, rows = _producers(graph, options)
+    report += rows
     a = _analyse(graph, producers)
     removed: set[int] = set()
     for group, units in _groups(a):
         row, drop = _plan(a, weights, options, group, units)
         report.append(row)
         removed |= drop
-    if not removed:
-        return PassResult(graph, None if weights is None else dict(weights), False, report)
-    out = None if weights is None else dict(weights)
+    if not removed and not heads_pruned:
+        return PassResult(graph, out, False, report)
     for name, cuts in a.cuts.items():
         node = graph.nodes[name]
         for cut in cuts:
@@ -140,6 +150,8 @@ def _producers(graph: Graph, options: ChannelsOptions) -> tuple[set[str], list[d
     shared = {p.tied_to.rsplit(".", 1)[0] for _, p in graph.parameters() if p.tied_to}
     names, rows = set(), []
     for node, _ in selected(graph, options):  # the decomposition reasons do not apply here
+        if node.op == "attention":
+            continue
         if node.name in shared or node.params["weight"].tied_to:
             why = "tied weight"
         elif node.op in _CONVS and node.attrs.groups > 1:
@@ -305,7 +317,7 @@ def _plan(a: _Analysis, weights, options, producers, units):
             multiple = math.lcm(multiple, groups)
     if why is not None:
         return {**row, "skipped": why}, set()
-    kept = min(n, -(-(n - int(options.amount * n)) // multiple) * multiple)
+    kept = _kept(n, options.amount, multiple)
     if weights is None:
         row["importance"] = "none (structural mode: the last channels go)"
         order = units[::-1]
@@ -330,6 +342,58 @@ def _plan(a: _Analysis, weights, options, producers, units):
         for name, chans in members.items()
     }
     return row, drop
+
+
+def _kept(n: int, amount: float, multiple: int) -> int:
+    """How many of `n` units stay: amount x n go (rounded down), the rest rounded up to a
+    multiple, never more than n."""
+    return min(n, -(-(n - int(amount * n)) // multiple) * multiple)
+
+
+def _heads(
+    graph: Graph, weights: Weights | None, options: ChannelsOptions
+) -> tuple[list[dict[str, Any]], bool]:
+    """Remove the least important heads of the selected attention layers, in place (weights
+    too); the report rows, and whether any head went."""
+    rows, changed = [], False
+    for node, _ in selected(graph, options):
+        if node.op != "attention":
+            continue
+        row: dict[str, Any] = {"pass": "channels", "node": node.name, "op": "attention"}
+        if any(p.tied_to for p in node.params.values()):
+            rows.append({**row, "skipped": "tied weight"})
+            continue
+        layout = HeadLayout.of(graph, node)
+        n = len(layout.units())
+        row |= {"units": "heads" if layout.kv in (1, layout.heads) else "kv groups"}
+        row |= {"heads": layout.heads, "kv_heads": layout.kv}
+        kept = _kept(n, options.amount, options.round_to)
+        if weights is None:
+            row["importance"] = "none (structural mode: the last heads go)"
+            order = list(range(n))[::-1]
+        else:
+            kind = "l2" if options.importance == "l2" else "l1"
+            row["importance"] = options.importance
+            if options.importance == "bn_scale":
+                row["importance"] = "l1 (bn_scale: heads have no BatchNorm)"
+            scores = importance(weights, node, layout, kind)
+            order = sorted(range(n), key=scores.__getitem__)  # stable: ties in head order
+        gone = {"heads": [], "kv_heads": []}
+        if options.amount > 0:  # the same attrs for every instance of a block, pruned or not
+            node.attrs = node.attrs.model_copy(update={"head_dim": layout.head_dim})
+        if kept < n:
+            gone = remove(graph, node, weights, layout, sorted(order[n - kept :]))
+            changed = True
+        a = node.attrs
+        rows.append(
+            {
+                **row,
+                "heads_after": a.heads,
+                "kv_heads_after": a.kv_heads or a.heads,
+                "removed_heads": gone,
+            }
+        )
+    return rows, changed
 
 
 def _drop(a: _Analysis, order: list[int], count: int, members) -> set[int]:

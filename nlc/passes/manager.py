@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -11,6 +12,7 @@ from nlc.errors import NlcError, did_you_mean
 from nlc.ir import Graph
 from nlc.ir.verify import VerifyError, verify
 from nlc.passes.base import PASSES, Options, Pass, Weights
+from nlc.passes.select import Selection
 from nlc.weights import check_weights
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ def run_passes(
     dict; None for a structural run) and return the new graph, weights and the passes' report
     rows. The verifier runs after every pass, and the weights must still fit the graph."""
     passes = [(_lookup(name), _options(name, raw)) for name, raw in steps]
+    for (name, raw), (_, options) in zip(steps, passes, strict=True):
+        if isinstance(options, Selection) and "select" in (raw or {}):
+            _check_selects(graph, name, options)
     graph = copy.deepcopy(graph)
     weights = None if weights is None else dict(weights)
     report: list[dict[str, Any]] = []
@@ -46,6 +51,29 @@ def run_passes(
         except (VerifyError, NlcError) as e:
             raise _broke(p, passes[:i], getattr(e, "message", str(e))) from None
     return graph, weights, report
+
+
+def _check_selects(graph: Graph, name: str, options: Selection) -> None:
+    """A `select:` the user wrote must pick a node the pass can rewrite: a glob that matches
+    nothing is a typo or a stale name, not a request to do nothing."""
+    globs = [options.select] if isinstance(options.select, str) else options.select
+    for glob in globs:
+        picked = [n for n in graph if fnmatchcase(n.name, glob)]
+        if not picked:
+            names = [n.name for n in graph]
+            raise NlcError(
+                f"pass {name!r}: select {glob!r} matches no node of the model",
+                None,
+                did_you_mean(glob, names) or f"node names: {', '.join(names[:6])}, ...",
+            )
+        if options.ops and not any(n.op in options.ops for n in picked):
+            ops = ", ".join(sorted({n.op for n in picked}))
+            raise NlcError(
+                f"pass {name!r}: select {glob!r} matches {len(picked)} node(s) ({ops}), none of "
+                f"which it rewrites",
+                None,
+                f"pass {name!r} rewrites {', '.join(options.ops)} nodes",
+            )
 
 
 def _broke(p: Pass, earlier: list[tuple[Pass, Options]], problem: str) -> NlcError:

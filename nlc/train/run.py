@@ -15,6 +15,7 @@ from nlc.train.data_check import check_data
 from nlc.weights import WEIGHTS_FILE, Weights
 
 PACKAGE = "package"  # the run folder's copy of the generated package
+TEACHER = "teacher"  # the distillation teacher's package, with its weights.pt
 
 
 def prepare_run(
@@ -61,7 +62,32 @@ def prepare_run(
             "resume with the spec and --set values the run started with (its package/spec.yaml)",
         )
     write_build(spec, graph, run / PACKAGE, onnx=False, weights=weights)
+    if train.distill is not None:
+        build_teacher(spec, run / TEACHER)
     return run
+
+
+def build_teacher(spec: Spec, folder: Path) -> Path:
+    """The package of `train.distill`'s teacher with its trained weights in `folder`: a run
+    folder's own package (passes included) and best checkpoint, or a spec and its weights."""
+    import shutil
+
+    from nlc.api import load_trained, write_build
+    from nlc.frontend.train_check import teacher_paths
+    from nlc.weights import read_weights, write_weights
+
+    train = spec.ast.train
+    assert train is not None and train.distill is not None
+    teacher, weights = teacher_paths(spec, train)
+    if folder.exists():
+        shutil.rmtree(folder)
+    if teacher == weights / PACKAGE / "spec.yaml":  # a run folder: reuse its package
+        shutil.copytree(weights / PACKAGE, folder, ignore=shutil.ignore_patterns("*.onnx"))
+        write_weights(folder, read_weights(weights))
+        return folder
+    tspec, tgraph, tweights = load_trained(teacher, weights)
+    tspec.ast.train = None  # the teacher is only run forward: no training script
+    return write_build(tspec, tgraph, folder, onnx=False, weights=tweights)
 
 
 def train_command(
@@ -84,6 +110,7 @@ def train_command(
     options += ["--resume"] * resume + ["--lr-find"] * lr_find
     init = run / PACKAGE / WEIGHTS_FILE
     options += ["--init", str(init)] if init.is_file() else []
+    options += ["--teacher", str(run / TEACHER)] if train.distill is not None else []
     if nproc == 1:
         return [sys.executable, "-m", f"{graph.name}.train", *options]
     # `--` ends torchrun's own options: it would read --run as an abbreviation of --run-path.

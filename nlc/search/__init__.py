@@ -1,0 +1,1 @@
+"""Architecture search: search spaces written in the spec, and `nlc search`."""
