@@ -12,7 +12,7 @@ from nlc.ir import Graph, Node
 from nlc.passes.auto import Decomposition
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
-from nlc.passes.rank import Rank, choose, unfold
+from nlc.passes.rank import Energy, Rank, choose, unfold
 
 if TYPE_CHECKING:
     import torch
@@ -44,12 +44,21 @@ def cp(
     from TensorLy's `parafac` (ALS from an SVD init, deterministic), with the weights of the
     terms folded into the output factor.
     """
-    return decompose("cp", graph, weights, options, _plan, full_rank, target)
+    return decompose("cp", graph, weights, options, _plan, full_rank, target, _floor)
 
 
 def full_rank(graph: Graph, node: Node) -> int:
     shape = node.params["weight"].shape
     return prod(shape) // max(shape)
+
+
+def _floor(graph: Graph, node: Node, tensors: dict[str, torch.Tensor], max_error: float) -> int:
+    """A rank below which no CP is within `max_error`: R terms give every unfolding rank at
+    most R, so the error is at least each unfolding's truncation error at R (Eckart-Young).
+    `rank: auto` starts its ALS search there."""
+    w = tensors["weight"].double()
+    keep = Energy(energy=1 - max_error**2)
+    return max(choose(keep, min(unfold(w, m).shape), unfold(w, m)) for m in range(w.ndim))
 
 
 def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:

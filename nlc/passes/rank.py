@@ -5,8 +5,8 @@ full rank, rounded, at least 1; `1.0` is the full rank, `1` is rank one), or `{e
 smallest rank whose leading singular values keep the fraction `e` of the squared singular values
 of the relevant unfolding. `energy` needs weights. What "full rank" means is each pass's own:
 min(in, out) for SVD, per mode for Tucker, and see the CP and TT passes. `auto` leaves the
-choice to `nlc.passes.auto`: the smallest rank within an error budget, kept only where the
-cost model predicts it faster than the dense layer.
+choice to `nlc.passes.auto`: a rank within an error budget, kept only where the layer runs
+faster than the dense one (measured on the host target, else predicted by the cost model).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from nlc.ir import Graph, Node
-from nlc.passes.auto import Decomposition
+from nlc.passes.auto import Decomposition, first_holding
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
-from nlc.passes.rank import RankPair, choose, unfold
+from nlc.passes.rank import Energy, RankPair, choose, unfold
 
 if TYPE_CHECKING:
     import torch
@@ -41,11 +41,26 @@ def tucker(
     unfolding can have: min(cin, out*kh*kw) for the input channels, min(out, cin*kh*kw) for
     the output channels; at full rank the decomposition is exact.
     """
-    return decompose("tucker", graph, weights, options, _plan, full_rank, target)
+    return decompose("tucker", graph, weights, options, _plan, full_rank, target, _floor)
 
 
 def full_rank(graph: Graph, node: Node) -> int:
     return max(_full(node))
+
+
+def _floor(graph: Graph, node: Node, tensors: dict[str, torch.Tensor], max_error: float) -> int:
+    """The least i of `rank: auto`'s ranks i / full whose mode ranks keep each channel
+    unfolding's truncation error within `max_error`: a Tucker error is at least those
+    (Eckart-Young), so no smaller i is within it."""
+    w = tensors["weight"].double()
+    full, keep = _full(node), Energy(energy=1 - max_error**2)
+    least = [choose(keep, f, unfold(w, m)) for f, m in zip(full, (1, 0), strict=True)]
+    big = max(full)
+
+    def enough(i: int) -> bool:
+        return all(choose(i / big, f) >= r for f, r in zip(full, least, strict=True))
+
+    return first_holding(1, big, enough)
 
 
 def _full(node: Node) -> tuple[int, int]:
