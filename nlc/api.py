@@ -121,10 +121,11 @@ def write_build(
     `verify` runs the file with onnxruntime and compares it with PyTorch: a mismatch fails the
     build with nothing written. `quantize` (`nlc.emit.quantize.MODES`), or the `quantize`
     pass at int8, also writes `model.int8.onnx`, `<name>/quantized.py` (torch.ao dynamic int8
-    of the linear layers) and their report `quantize.json`; it needs `onnx`. After the pass at
-    fp16/bf16 the package runs in that dtype, and model.onnx is fp16 (bf16: fp32, as onnx.json
-    says). After the `nf4`/`int4` passes, model.onnx runs their layers as onnxruntime's 4-bit
-    MatMul kernels (`onnx.json` `four_bit`).
+    of the linear layers) and their report `quantize.json`; it needs `onnx`. int8-static
+    calibrates on batches of the train section's training data when the spec has one. After
+    the pass at fp16/bf16 the package runs in that dtype, and model.onnx is fp16 (bf16: fp32,
+    as onnx.json says). After the `nf4`/`int4` passes, model.onnx runs their layers as
+    onnxruntime's 4-bit MatMul kernels (`onnx.json` `four_bit`).
     """
     from nlc.emit import write_package
 
@@ -167,7 +168,12 @@ def write_build(
         if quantize:
             from nlc.emit.quantize import REPORT_FILE, quantize_onnx, quantize_pytorch
 
-            report = quantize_onnx(folder, graph, quantize)
+            calibration = None
+            if quantize == "int8-static" and spec.ast.train is not None:
+                from nlc.emit.quantize import pipeline_feeds
+
+                calibration = pipeline_feeds(folder, graph, spec.data_root)
+            report = quantize_onnx(folder, graph, quantize, calibration)
             if linears:  # the PyTorch artifact: torch.ao quantizes linear layers only
                 report["pytorch"] = quantize_pytorch(folder, graph, linears)
             text = json.dumps(report, indent=2) + "\n"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import nlc
 from nlc.cli import app
 from nlc.emit.onnx import example_inputs, example_sizes, symbol_limits
-from nlc.emit.quantize import quantize_onnx
+from nlc.emit.quantize import pipeline_feeds, quantize_onnx
 from nlc.errors import NlcError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -73,9 +73,21 @@ def test_cnn_dynamic_and_static(tmp_path):
     batches = [{"x": example_inputs(graph, size, seed)[0]} for seed in range(3)]
     given = quantize_onnx(out, graph, "int8-static", calibration=batches)
     _check_report(given, "int8-static")
-    assert given["calibration"] == {"data": "given"}
+    assert given["calibration"] == {"data": "given", "batches": 3}
     with pytest.raises(NlcError, match="unknown quantization mode 'int4'"):
         quantize_onnx(out, graph, "int4")
+
+
+def test_static_calibrates_on_the_train_sections_data(tmp_path):
+    spec, graph = nlc.load(EXAMPLES / "cnn_digits.yaml")
+    (batch,) = pipeline_feeds(
+        nlc.build(EXAMPLES / "cnn_digits.yaml", tmp_path / "p"), graph, spec.data_root
+    )[:1]
+    x = batch["x"]
+    assert x.shape[1:] == (1, 8, 8) and x.shape[0] == spec.ast.train.batch_size
+    assert 0 <= x.min() < x.max() <= 1  # digits pixels, not random normals
+    report, _ = _build(tmp_path, "cnn_digits", "int8-static")
+    assert report["calibration"] == {"data": "given", "batches": 8}
 
 
 def test_quantize_needs_onnx(tmp_path):

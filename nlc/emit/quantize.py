@@ -81,7 +81,8 @@ def quantize_onnx(
                 batches = CALIBRATION_BATCHES * len(sizes)
                 report["calibration"] = {"data": "random", "batches": batches}
             else:
-                report["calibration"] = {"data": "given"}
+                calibration = list(calibration)
+                report["calibration"] = {"data": "given", "batches": len(calibration)}
             ops = OP_TYPES[mode]
             quantize_static(source, target, _Reader(calibration), op_types_to_quantize=ops)
     except Exception as e:  # onnxruntime's quantizer raises bare Exceptions and asserts
@@ -138,6 +139,28 @@ def _random_feeds(graph: Graph, sizes) -> Iterator[Feeds]:
         for i in range(CALIBRATION_BATCHES):
             inputs = example_inputs(graph, size, SEED + 100 + k * CALIBRATION_BATCHES + i)
             yield {n.name: t for n, t in zip(graph.inputs, inputs, strict=True)}
+
+
+def pipeline_feeds(package_dir: Path, graph: Graph, data_root: Path) -> list[Feeds]:
+    """CALIBRATION_BATCHES batches of the training split of the package's own data module
+    (its train section's data), the inputs int8-static calibrates its ranges on."""
+    import torch
+
+    from nlc.emit.onnx import imported_package
+
+    with imported_package(package_dir, graph.name) as package, tempfile.TemporaryDirectory() as run:
+        train = __import__(f"{package.__name__}.train", fromlist=["CONFIG"])
+        data = __import__(f"{package.__name__}.data", fromlist=["datasets"])
+        cfg = train.namespace(train.CONFIG)
+        data.prepare(cfg, data_root, Path(run))
+        train_set, _, _ = data.datasets(cfg, data_root, Path(run))
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+        size = min(cfg.batch_size, len(train_set) // CALIBRATION_BATCHES) or 1
+        name = graph.inputs[0].name
+        return [
+            {name: torch.stack([train_set[int(i)][0] for i in order[k * size : (k + 1) * size]])}
+            for k in range(min(CALIBRATION_BATCHES, len(train_set)))
+        ]
 
 
 class _Reader:
