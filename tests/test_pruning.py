@@ -370,7 +370,7 @@ def test_amount_out_of_range(small, amount):
         PruneOptions(sparsity=1.0)
 
 
-def test_selection_without_prunable_channels_is_skipped(small):
+def test_selection_without_prunable_channels_is_skipped_or_refused(small):
     graph, weights = small
     result = PASSES["channels"].run(copy.deepcopy(graph), weights, ChannelsOptions(select="head"))
     assert not result.modified
@@ -378,5 +378,5 @@ def test_selection_without_prunable_channels_is_skipped(small):
         {"pass": "channels", "group": "head", "members": ["head"], "channels": 6,
          "skipped": "it is a model output"}
     ]  # fmt: skip
-    _, _, report = run_passes(graph, None, [("channels", {"select": "dw"})])
-    assert report[0]["skipped"].startswith("grouped convolution")
+    with pytest.raises(NlcError, match=r"none of the selected nodes \(dw: grouped convolution"):
+        run_passes(graph, None, [("channels", {"select": "dw"})])  # asked for, nothing to do

@@ -29,8 +29,15 @@ def run_passes(
     dict; None for a structural run) and return the new graph, weights and the passes' report
     rows. The verifier runs after every pass, and the weights must still fit the graph."""
     passes = [(_lookup(name), _options(name, raw)) for name, raw in steps]
-    for (name, raw), (_, options) in zip(steps, passes, strict=True):
-        if isinstance(options, Selection) and "select" in (raw or {}):
+    # Steps whose `select:` the user wrote (`[]`, selecting nothing on purpose, is not one).
+    # `rank: auto` may decide to change nothing: that is its answer, not a wrong selection.
+    chosen = [
+        isinstance(o, Selection) and "select" in (raw or {}) and bool(o.select)
+        for (_, raw), (_, o) in zip(steps, passes, strict=True)
+    ]
+    decides = [getattr(o, "rank", None) == "auto" for _, o in passes]
+    for (name, _), (_, options), explicit in zip(steps, passes, chosen, strict=True):
+        if explicit:
             _check_selects(graph, name, options)
     graph = copy.deepcopy(graph)
     weights = None if weights is None else dict(weights)
@@ -42,6 +49,13 @@ def run_passes(
             raise NlcError(f"pass {p.name!r}: {e.message}", e.loc, e.hint) from None
         except VerifyError as e:  # a rewrite that changes a shape: a bug of the pass
             raise _broke(p, passes[:i], str(e)) from None
+        if (
+            chosen[i]
+            and not decides[i]
+            and not result.modified
+            and all("skipped" in r for r in result.report)
+        ):
+            raise _nothing_to_do(p, result.report)
         graph, weights = result.graph, result.weights
         report += result.report
         try:
@@ -74,6 +88,16 @@ def _check_selects(graph: Graph, name: str, options: Selection) -> None:
                 None,
                 f"pass {name!r} rewrites {', '.join(options.ops)} nodes",
             )
+
+
+def _nothing_to_do(p: Pass, rows: list[dict[str, Any]]) -> NlcError:
+    """A `select:` whose every node the pass had to skip: say why, node by node."""
+    why = "; ".join(f"{r.get('node', r.get('group'))}: {r['skipped']}" for r in rows[:3])
+    return NlcError(
+        f"pass {p.name!r} can rewrite none of the selected nodes ({why})",
+        None,
+        "select nodes the pass can change; `nlc passes` lists each pass's options",
+    )
 
 
 def _broke(p: Pass, earlier: list[tuple[Pass, Options]], problem: str) -> NlcError:

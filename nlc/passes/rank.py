@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from nlc.errors import NlcError
 
-if TYPE_CHECKING:  # torch is only needed with weights
+if TYPE_CHECKING:  # torch is only needed with weights; Node only in annotations
     import torch
+
+    from nlc.ir import Node
 
 
 class Energy(BaseModel):
@@ -86,6 +88,17 @@ def require_weights(rank: Rank | tuple[Rank, ...], weights: object) -> None:
             None,
             "give weights (a checkpoint), or an absolute rank (int) or a fraction of the full "
             "rank (float in (0, 1])",
+        )
+
+
+def check_fits(rank: object, full: int, node: Node) -> None:
+    """An absolute rank above a layer's full rank asks for more than the layer holds: a typo or
+    a selector that takes in a smaller layer, not a request for the full rank."""
+    if isinstance(rank, int) and not isinstance(rank, bool) and rank > full:
+        raise NlcError(
+            f"rank {rank} is above the full rank {full} of {node.name} ({node.op})",
+            None,
+            f"give at most {full}, a fraction such as 0.5, or a select that leaves it out",
         )
 
 

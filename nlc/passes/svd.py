@@ -10,7 +10,7 @@ from nlc.ir import Graph, Node
 from nlc.passes.auto import Decomposition
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
-from nlc.passes.rank import Energy, Rank, choose
+from nlc.passes.rank import Energy, Rank, check_fits, choose
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +51,7 @@ def _floor(graph: Graph, node: Node, tensors: dict[str, torch.Tensor], max_error
 
 def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:
     full = full_rank(graph, node)
+    check_fits(options.rank, full, node)
     if tensors is None:
         rank = choose(options.rank, full)
         return Plan("lowrank_linear", attrs_for("lowrank_linear", node, rank=rank), rank)

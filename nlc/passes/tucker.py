@@ -10,7 +10,7 @@ from nlc.ir import Graph, Node
 from nlc.passes.auto import Decomposition, first_holding
 from nlc.passes.base import PassResult, Weights, register
 from nlc.passes.decompose import Plan, attrs_for, decompose, relative_error
-from nlc.passes.rank import Energy, RankPair, choose, unfold
+from nlc.passes.rank import Energy, RankPair, check_fits, choose, unfold
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +72,8 @@ def _full(node: Node) -> tuple[int, int]:
 def _plan(graph: Graph, node: Node, tensors: dict[str, torch.Tensor] | None, options) -> Plan:
     full = _full(node)
     want = options.rank if isinstance(options.rank, tuple) else (options.rank,) * 2
+    for r, f in zip(want, full, strict=True):
+        check_fits(r, f, node)
     if tensors is None:
         ranks = [choose(r, f) for r, f in zip(want, full, strict=True)]
         return Plan("tucker_conv2d", attrs_for("tucker_conv2d", node, ranks=ranks), ranks)
