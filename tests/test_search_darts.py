@@ -161,3 +161,20 @@ def test_latency_weight_lowers_expected_latency(tmp_path):
     uniform = sum(sum(ms.values()) / len(ms) for ms in result["latency_ms"].values())
     assert result["epochs"][-1]["expected_latency_ms"] < 0.9 * uniform
     assert point["blocks.cell.graph.0.op"] != "wide"  # the slowest option loses
+
+
+def test_search_trains_the_derived_architecture_as_a_trial(tmp_path: Path):
+    """`strategy: darts` in `nlc search`: the derived point is enqueued and trained from scratch
+    like any trial, not left waiting in the study."""
+    from optuna.trial import TrialState
+
+    from nlc.search import study as studies
+
+    spec = Path(__file__).resolve().parents[1] / "examples" / "search_darts_digits.yaml"
+    settings = {"trials": 1, "darts": {"epochs": 1}}
+    setup = studies.make_setup(spec, {"train.epochs": 1}, settings, tmp_path / "s", None)
+    study = studies.run(setup, 1, lambda line: None)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE
+    assert trial.params == study.user_attrs["darts"]
+    assert trial.values[0] > 0.5  # val_accuracy of the architecture trained from scratch

@@ -134,14 +134,21 @@ def recover(study: optuna.Study) -> int:
 
 
 class Budget:
-    """Stops a worker when the study holds `trials` counted trials (its trial included)."""
+    """Stops a worker when the study holds `trials` counted trials (its trial included).
+    Enqueued points (DARTS's derived one, a killed run's) are work to do, not trials yet."""
 
     def __init__(self, trials: int) -> None:
         self.trials = trials
 
     def full(self, study: optuna.Study, before: int | None = None) -> bool:
         trials = study.get_trials(deepcopy=False)
-        live = [t for t in trials if counted(t) and (before is None or t.number < before)]
+        live = [
+            t
+            for t in trials
+            if t.state != TrialState.WAITING
+            and counted(t)
+            and (before is None or t.number < before)
+        ]
         return len(live) >= self.trials
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
