@@ -199,7 +199,7 @@ def test_reference_is_current_and_lists_every_op():
 def test_schema_accepts_the_examples_and_knows_attributes():
     jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(schema())
-    for name in example_specs.MODELS:  # the schema knows no choice markers
+    for name in NAMES:  # search spaces too: the schema knows choice markers
         assert not list(
             validator.iter_errors(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text()))
         )
@@ -207,4 +207,6 @@ def test_schema_accepts_the_examples_and_knows_attributes():
     assert validator.is_valid({**doc, "graph": [{"op": "linear", "out": "${w}"}]})
     assert not validator.is_valid({**doc, "graph": [{"op": "linear", "outt": 3}]})
     assert not validator.is_valid({**doc, "graph": [{"op": "linear", "out": "three"}]})
+    assert validator.is_valid({**doc, "graph": [{"op": "linear", "out": {"int": [2, 8]}}]})
+    assert not validator.is_valid({**doc, "graph": [{"op": "linear", "out": {"choise": [2]}}]})
     assert json.loads(schema_text()) == schema()

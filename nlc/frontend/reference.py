@@ -39,6 +39,43 @@ EXPRESSION = {
     "pattern": r"^\$\{.*\}$",
     "description": "an expression over the params in scope, e.g. ${width * 2}",
 }
+# A search space's value markers (nlc.search.markers): where a scalar goes, a choice of several.
+CHOICE = {
+    "description": "a search choice (nlc search): {choice: [...]}, {int: [lo, hi], step}, or "
+    "{float: [lo, hi], log, step}",
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"choice": {"type": "array", "minItems": 1}},
+            "required": ["choice"],
+            "additionalProperties": False,
+        },
+        *(
+            {
+                "type": "object",
+                "properties": {
+                    kind: {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                    "step": {"type": "number", "exclusiveMinimum": 0},
+                    **({"log": {"type": "boolean"}} if kind == "float" else {}),
+                },
+                "required": [kind],
+                "additionalProperties": False,
+            }
+            for kind in ("int", "float")
+        ),
+    ],
+}
+CHOICE_REF = {"$ref": "#/$defs/Choice"}
+# The sections whose scalars a search may choose: the train section and its parts.
+SEARCHABLE = (
+    "TrainSpec", "DataSpec", "TokenizerSpec", "OptimizerSpec", "GroupSpec", "ScheduleSpec",
+    "LossSpec", "EarlyStoppingSpec", "DistillSpec", "IterativeSpec",
+)  # fmt: skip
 # <!-- generated: NAME --> ... <!-- end generated: NAME --> in spec/README.md
 _SECTION = re.compile(r"(<!-- generated: (\w+) -->\n).*?(<!-- end generated: \2 -->)", re.S)
 
@@ -64,6 +101,13 @@ def schema() -> dict[str, Any]:
         ],
     }
     defs["NodeSpec"] = _node(defs["NodeSpec"])
+    defs["Choice"] = CHOICE
+    for spec in ("ModelSpec", "ModelRef"):
+        params = defs[spec]["properties"]["params"]["additionalProperties"]
+        params["anyOf"].append(CHOICE_REF)
+    for name in SEARCHABLE:
+        for key, prop in defs[name]["properties"].items():
+            defs[name]["properties"][key] = _choices(prop)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "nlc spec, version 1",
@@ -75,10 +119,25 @@ def schema() -> dict[str, Any]:
     }
 
 
+def _choices(prop: dict[str, Any]) -> dict[str, Any]:
+    """`prop`, where a number, boolean, string or choice may also be a search choice."""
+    scalar = prop.get("type") in ("integer", "number", "boolean", "string") or "enum" in prop
+    if scalar or any(p.get("type") in ("integer", "number") for p in prop.get("anyOf", [])):
+        return {"anyOf": [prop, CHOICE_REF]}
+    return prop
+
+
 def _node(node: dict[str, Any]) -> dict[str, Any]:
-    ops = {"anyOf": [{"enum": sorted(REGISTRY)}, {"type": "string"}]}
+    ops = {"anyOf": [{"enum": sorted(REGISTRY)}, {"type": "string"}, CHOICE_REF]}
     node["properties"]["op"] |= ops | {"description": "an op (see `nlc ops`) or a block"}
+    node["properties"]["op"].pop("type")  # a string, or a choice of them
     node["properties"]["in"]["anyOf"].insert(0, {"type": "string"})
+    node["properties"]["repeat"]["anyOf"].insert(0, CHOICE_REF)
+    for flag, what in (
+        ("optional", "search whether the item is there (else its input passes through)"),
+        ("independent", "each repeat of the item gets its own choices"),
+    ):
+        node["properties"][flag] = {"type": "boolean", "description": what}
     reserved = {key: True for key in node["properties"]}
     node["allOf"] = [
         {
@@ -110,13 +169,14 @@ def _attributes(op: Op, reserved: dict[str, bool]) -> dict[str, Any]:
 
 
 def _expressions(prop: dict[str, Any]) -> dict[str, Any]:
-    """`prop`, where each number, boolean or choice may also be a `${...}` expression."""
+    """`prop`, where each number, boolean or choice may also be a `${...}` expression or a
+    search choice."""
     if "anyOf" in prop:
         return {**prop, "anyOf": [_expressions(p) for p in prop["anyOf"]]}
     if "items" in prop:
         prop = {**prop, "items": _expressions(prop["items"])}
     if prop.get("type") in ("integer", "number", "boolean") or "enum" in prop or "const" in prop:
-        return {"anyOf": [prop, {"$ref": "#/$defs/Expression"}]}
+        return {"anyOf": [prop, {"$ref": "#/$defs/Expression"}, CHOICE_REF]}
     return prop
 
 
