@@ -58,7 +58,9 @@ def compress(
 
     The passes see the spec's first target (`rank: auto` asks it what runs faster) and its
     `dims` (`graph.meta["dims"]`). The graph and weights before the passes stay in
-    `graph.meta["dense"]` and `graph.meta["dense_weights"]`, for the before/after report."""
+    `graph.meta["dense"]` and `graph.meta["dense_weights"]`, for the before/after report.
+    A step with `importance: taylor` sees the loss gradients of the graph it starts from in
+    `graph.meta["gradients"]` for its run only (`nlc.emit.gradients`)."""
     steps = [(p.name, p.options, p.at()) for p in spec.ast.passes]
     steps += [(name, options, None) for name, options in passes or []]
     if not steps:
@@ -70,14 +72,42 @@ def compress(
     dense, dense_weights = graph, weights  # run_passes works on copies: these stay as they are
     rows: list[dict[str, Any]] = []
     for name, options, loc in steps:
+        start = graph
         try:
-            graph, weights, report = run_passes(graph, weights, [(name, options)], target)
+            if isinstance(options, dict) and options.get("importance") == "taylor":
+                start.meta["gradients"] = _taylor_gradients(spec, start, weights, name)
+            graph, weights, report = run_passes(start, weights, [(name, options)], target)
         except NlcError as e:
             raise NlcError(e.message, e.loc or loc, e.hint) from None
+        finally:  # the gradients are the step's alone: no later pass or build sees them
+            start.meta.pop("gradients", None)
+            graph.meta.pop("gradients", None)
         rows += [{"pass": name, **row} for row in report]
     graph.meta["passes"] = rows
     graph.meta["dense"], graph.meta["dense_weights"] = dense, dense_weights
     return graph, weights
+
+
+def _taylor_gradients(spec: Spec, graph: Graph, weights: Weights | None, name: str) -> Weights:
+    """The loss gradients a step with `importance: taylor` scores channels with: on batches
+    of the train section's training data, at the trained weights."""
+    if weights is None:
+        raise NlcError(
+            f"pass {name!r}: taylor importance needs trained weights (--weights)",
+            None,
+            "pass --weights RUN_OR_CHECKPOINT, or choose importance l1, l2 or bn_scale",
+        )
+    if spec.ast.train is None:
+        raise NlcError(
+            f"pass {name!r}: taylor importance needs data to compute loss gradients on, and the "
+            "spec has no train section",
+            None,
+            "add a train section (its data and task give the batches and the loss), or choose "
+            "importance l1, l2 or bn_scale",
+        )
+    from nlc.emit.gradients import loss_gradients
+
+    return loss_gradients(spec, graph, weights)
 
 
 def check(spec_path: str | Path, overrides: dict[str, Any] | None = None) -> Graph:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -14,6 +14,7 @@ from rich.table import Table
 from nlc import __version__
 from nlc.emit.quantize import MODES as QUANT_MODES
 from nlc.errors import NlcError, did_you_mean
+from nlc.frontend.search_ast import Strategy
 
 app = typer.Typer(
     name="nlc",
@@ -884,7 +885,7 @@ def search(
             return _search_status(folder, storage)
         if folder is not None:
             raise NlcError(f"unexpected argument {folder}", None, "give the folder with -o DIR")
-        strategies = ("random", "tpe", "nsga2", "evolution", "darts")
+        strategies = get_args(Strategy)
         if strategy is not None and strategy not in strategies:
             raise NlcError(
                 f"--strategy {strategy}: unknown strategy",

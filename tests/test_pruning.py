@@ -8,6 +8,7 @@ to 0), on random CNNs with residual, projection, concat and depthwise blocks and
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -380,3 +381,125 @@ def test_selection_without_prunable_channels_is_skipped_or_refused(small):
     ]  # fmt: skip
     with pytest.raises(NlcError, match=r"none of the selected nodes \(dw: grouped convolution"):
         run_passes(graph, None, [("channels", {"select": "dw"})])  # asked for, nothing to do
+
+
+# -- taylor importance --------------------------------------------------------------------------
+
+TAYLOR = {"amount": 0.5, "importance": "taylor"}
+
+
+def _mlp_doc(name: str, train: bool = True) -> dict:
+    """flatten -> fc (6) -> relu -> head (10) on the digits, as the passes' tests spell specs."""
+    doc = _spec(
+        name,
+        {"x": {"shape": ["B", 1, 8, 8]}},
+        None,
+        ["flatten", {"op": "linear", "name": "fc", "out": 6}, "relu",
+         {"op": "linear", "name": "head", "out": 10}],
+    )  # fmt: skip
+    return {**doc, "train": {"batch_size": 16, "epochs": 1}} if train else doc
+
+
+def test_taylor_squares_each_batch_then_averages(small):
+    """Hand-made gradients: per batch, (sum of w x g over a channel's entries)^2, averaged over
+    the batches, whatever the weights' norms say; opposite signs in two batches do not cancel."""
+    dense, weights = small
+    graph = copy.deepcopy(dense)
+    w = weights["fc.weight"]  # 24 channels, fed by pw's 12
+    scale = torch.ones(24)
+    scale[[13, 17, 23]] = 0.0  # zero gradient: no loss change, the first to go
+    scale[20] = 1e-3  # the next
+    grads = {k: torch.zeros(2, *v.shape) for k, v in weights.items()}
+    g = scale[:, None] * w.sign() / w.abs().sum(1, keepdim=True)  # sum of w x g = scale
+    grads["fc.weight"] = torch.stack([g, -g])
+    graph.meta["gradients"] = grads
+    result = PASSES["channels"].run(graph, weights, ChannelsOptions(select="fc", **TAYLOR))
+    (row,) = [r for r in result.report if r.get("group") == "fc"]
+    assert row["importance"] == "taylor" and row["channels_after"] == 12
+    removed = row["removed"]["fc"]
+    assert {13, 17, 20, 23} <= set(removed)  # ties (sum before squaring) would drop 0..11
+    kept = [i for i in range(24) if i not in removed]
+    assert result.weights["fc.weight"].shape == (12, 12)
+    assert torch.equal(result.weights["fc.weight"], weights["fc.weight"][kept])
+    l1 = PASSES["channels"].run(copy.deepcopy(dense), weights, ChannelsOptions(select="fc"))
+    assert [r for r in l1.report if r.get("group") == "fc"][0]["removed"]["fc"] != removed
+
+
+def test_taylor_heads_follow_their_gradients(builder):
+    doc = _spec(
+        "taylorheads",
+        {"x": {"shape": ["B", "T", 16]}},
+        None,
+        [
+            {"op": "attention", "name": "attn", "heads": 4},
+            {"op": "linear", "name": "head", "out": 3},
+        ],
+    )
+    spec, graph = _load(builder, doc)
+    state = _seeded(_package(builder, graph, spec)).state_dict()
+    layout = HeadLayout.of(graph, graph.nodes["attn"])
+    grads = {k: torch.ones(3, *v.shape) * v.sign() for k, v in state.items()}  # w x g = |w|
+    for h in (0, 2):  # heads 0 and 2 get no gradient: the loss does not see them
+        rows, cols = layout.rows([h], [h])
+        grads["attn.qkv.weight"][:, rows] = 0
+        grads["attn.qkv.bias"][:, rows] = 0
+        grads["attn.out.weight"][:, :, cols] = 0
+    state["attn.qkv.weight"][layout.rows([0], [0])[0]] *= 100  # the largest by L1
+    graph.meta["gradients"] = grads
+    result = PASSES["channels"].run(graph, state, ChannelsOptions(ops=["attention"], **TAYLOR))
+    (row,) = result.report
+    assert row["importance"] == "taylor" and row["removed_heads"]["heads"] == [0, 2]
+
+
+def test_taylor_uses_the_training_loss(builder):
+    """Through `compress` with real gradients on the digits: a hidden channel that the head
+    ignores gets zero gradient and goes first, though it has the largest weights; L1 keeps it."""
+    spec, graph = _load(builder, _mlp_doc("taylormlp"))
+    state = _seeded(_package(builder, graph, spec)).state_dict()
+    state["fc.weight"][0] *= 100
+    state["head.weight"][:, 0] = 0
+    steps = [("channels", TAYLOR)]
+    new, weights = nlc.api.compress(spec, graph, state, steps)
+    (row,) = [r for r in new.meta["passes"] if r.get("group") == "fc"]
+    assert row["importance"] == "taylor" and 0 in row["removed"]["fc"]
+    assert "gradients" not in new.meta and "gradients" not in graph.meta
+    assert weights["fc.weight"].shape == (3, 64)
+    new, _ = nlc.api.compress(spec, graph, state, [("channels", {"amount": 0.5})])
+    assert 0 not in [r for r in new.meta["passes"] if r.get("group") == "fc"][0]["removed"]["fc"]
+
+
+def test_taylor_needs_weights_data_and_gradients(builder, small):
+    doc = {**_mlp_doc("taylorerr"), "passes": [{"pass": "channels", "importance": "taylor"}]}
+    path = builder.write_spec(doc)
+    with pytest.raises(
+        NlcError, match=r"taylor importance needs trained weights \(--weights\)"
+    ) as e:
+        nlc.load(path)
+    assert e.value.loc is not None and e.value.loc.line == path.read_text().count("\n") - 1
+    spec, graph = _load(builder, _mlp_doc("taylornodata", train=False))
+    state = _seeded(_package(builder, graph, spec)).state_dict()
+    with pytest.raises(NlcError, match="needs data .* no train section"):
+        nlc.api.compress(spec, graph, state, [("channels", TAYLOR)])
+    with pytest.raises(NlcError, match="taylor' needs the loss gradients"):
+        run_passes(small[0], small[1], [("channels", TAYLOR)])  # not through compress
+
+
+def test_build_with_taylor_importance_end_to_end(tmp_path):
+    from test_train_cli import ROOT, _nlc
+
+    spec, small = ROOT / "examples" / "cnn_digits.yaml", ("--set", "width=8")
+    fast = ("--set", "train.epochs=1", "--set", "train.batch_size=256")  # 6 steps
+    done = _nlc("train", spec, *small, *fast, "-o", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    taylor = ("--pass", "channels:amount=0.5,importance=taylor")
+    built = _nlc("build", spec, *small, *taylor, "--weights", "run", "-o", "out", "--no-onnx",
+                 cwd=tmp_path)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    rows = json.loads((tmp_path / "out" / "passes.json").read_text())
+    done = [r for r in rows if "skipped" not in r]
+    assert len(done) == 4 and all(r["importance"] == "taylor" for r in done)
+    assert all(r["channels_after"] == r["channels"] // 2 for r in done)
+    weights = torch.load(tmp_path / "out" / "weights.pt", weights_only=True)
+    assert weights["stem.conv.weight"].shape == (4, 1, 3, 3)
+    bare = _nlc("build", spec, *small, *taylor, "-o", "bare", cwd=tmp_path)
+    assert bare.returncode == 2 and "taylor importance needs trained weights" in bare.stderr

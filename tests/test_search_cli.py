@@ -96,6 +96,25 @@ def test_killed_search_continues_without_rerunning_finished_trials(tmp_path):
         assert (out / "trials" / str(n) / "cost.json").stat().st_mtime_ns == stamps[n]
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs.get("interrupted") for t in interrupted)
+    for t in interrupted:  # the point a kill cut short ran again, later (a kill mid-suggest
+        # leaves only the dims drawn so far: the rerun keeps those and draws the rest)
+        assert any(t.params.items() <= c.params.items() and c.number > t.number for c in trials)
+
+
+def test_recover_fails_a_stale_trial_and_enqueues_its_point(tmp_path):
+    import optuna
+
+    from nlc.search.study import recover
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    stale = study.ask()
+    stale.suggest_int("width", 8, 64)
+    assert recover(study) == 1
+    (failed, waiting) = study.get_trials()
+    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"]
+    assert waiting.state == TrialState.WAITING
+    assert waiting.system_attrs["fixed_params"] == failed.params  # what the rerun will suggest
+    assert recover(study) == 0  # nothing running any more
 
 
 def _complete(out: Path) -> int:

@@ -144,23 +144,12 @@ def _random_feeds(graph: Graph, sizes) -> Iterator[Feeds]:
 def pipeline_feeds(package_dir: Path, graph: Graph, data_root: Path) -> list[Feeds]:
     """CALIBRATION_BATCHES batches of the training split of the package's own data module
     (its train section's data), the inputs int8-static calibrates its ranges on."""
-    import torch
-
+    from nlc.emit.batches import train_batches
     from nlc.emit.onnx import imported_package
 
-    with imported_package(package_dir, graph.name) as package, tempfile.TemporaryDirectory() as run:
-        train = __import__(f"{package.__name__}.train", fromlist=["CONFIG"])
-        data = __import__(f"{package.__name__}.data", fromlist=["datasets"])
-        cfg = train.namespace(train.CONFIG)
-        data.prepare(cfg, data_root, Path(run))
-        train_set, _, _ = data.datasets(cfg, data_root, Path(run))
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
-        size = min(cfg.batch_size, len(train_set) // CALIBRATION_BATCHES) or 1
-        name = graph.inputs[0].name
-        return [
-            {name: torch.stack([train_set[int(i)][0] for i in order[k * size : (k + 1) * size]])}
-            for k in range(min(CALIBRATION_BATCHES, len(train_set)))
-        ]
+    with imported_package(package_dir, graph.name) as package:
+        batches, _, _ = train_batches(package, data_root, CALIBRATION_BATCHES)
+    return [{graph.inputs[0].name: x} for x, _ in batches]
 
 
 class _Reader:

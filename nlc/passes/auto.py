@@ -81,7 +81,9 @@ class Decomposition(Selection):
         default="auto",
         description="rank auto: time each layer dense and factorized in onnxruntime on this host "
         "(true), use the cost model's prediction (false), or measure where the target is the "
-        "host, a calibrated onnxruntime CPU target (auto)",
+        "host, a calibrated onnxruntime CPU target (auto); measured choices follow the host's "
+        "timings, so a busy machine may choose other ranks: passes.json records them, and false "
+        "makes the build reproducible",
     )
 
 

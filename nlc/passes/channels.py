@@ -1,6 +1,13 @@
 """Structured pruning: remove whole output channels of conv and linear layers, with every
 layer their channels reach (residual adds, norms, depthwise convs, concats, consumers), and
-whole heads of attention layers (`ops: [attention]`; their layout is `nlc.passes.heads`)."""
+whole heads of attention layers (`ops: [attention]`; their layout is `nlc.passes.heads`).
+
+`importance: taylor` (Molchanov et al. 2019) scores a channel by the first-order Taylor estimate
+of the loss change when it goes: per batch, the sum of weight x gradient over every parameter
+removed with it (its rows in the producers, depthwise convs and norms of its group), squared,
+then averaged over the batches. The gradients come in `graph.meta["gradients"]` (name ->
+[batches, *shape], `nlc.emit.gradients`), which `nlc.api.compress` puts there for the step.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from nlc.errors import NlcError
 from nlc.ir import Graph, Node
 from nlc.ir.graph import Value
 from nlc.passes.base import PassResult, Weights, register
@@ -39,11 +47,12 @@ class ChannelsOptions(Selection):
     amount: float = Field(
         default=0.5, ge=0, lt=1, description="fraction of each group's channels (or heads) removed"
     )
-    importance: Literal["l1", "l2", "bn_scale"] = Field(
+    importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
         default="l1",
-        description="channel score: norm of the producing weight rows, or |gamma| of the "
-        "BatchNorm after the layer (l1 where there is none); heads: norm of their q/k/v rows "
-        "and out columns",
+        description="channel score: norm of the producing weight rows, |gamma| of the "
+        "BatchNorm after the layer (l1 where there is none), or taylor: (sum of weight x loss "
+        "gradient over the channel's parameters)^2 on batches of the train section's data "
+        "(needs --weights); heads: the same over their q/k/v rows and out columns",
     )
     round_to: int = Field(
         default=1, gt=0, description="keep channel (and head) counts a multiple of this"
@@ -119,13 +128,14 @@ def channels(
     """
     before = interface(graph)
     out = None if weights is None else dict(weights)
-    report, heads_pruned = _heads(graph, out, options)
+    grads = _gradients(graph, weights, options)
+    report, heads_pruned = _heads(graph, out, options, grads)
     producers, rows = _producers(graph, options)
     report += rows
     a = _analyse(graph, producers)
     removed: set[int] = set()
     for group, units in _groups(a):
-        row, drop = _plan(a, weights, options, group, units)
+        row, drop = _plan(a, weights, grads, options, group, units)
         report.append(row)
         removed |= drop
     if not removed and not heads_pruned:
@@ -143,6 +153,22 @@ def channels(
     reinfer(graph)
     keep_interface(graph, before)
     return PassResult(graph, out, True, report)
+
+
+def _gradients(graph: Graph, weights: Weights | None, options: ChannelsOptions) -> Weights | None:
+    """The loss gradients Taylor importance needs (None for other importances and without
+    weights, where importance is not computed)."""
+    if options.importance != "taylor" or weights is None:
+        return None
+    grads = graph.meta.get("gradients")
+    if grads is None:
+        raise NlcError(
+            "importance 'taylor' needs the loss gradients on the training data",
+            None,
+            "run the pass through `nlc build --weights` or nlc.api.compress, which compute them "
+            "from the spec's train section",
+        )
+    return grads
 
 
 def _producers(graph: Graph, options: ChannelsOptions) -> tuple[set[str], list[dict[str, Any]]]:
@@ -295,7 +321,7 @@ def _groups(a: _Analysis) -> list[tuple[list[str], list[int]]]:
     return [g for g in groups if g[0]]
 
 
-def _plan(a: _Analysis, weights, options, producers, units):
+def _plan(a: _Analysis, weights, grads, options, producers, units):
     """The report row of one group and the unit roots it removes."""
     unit_set = set(units)
     members = {
@@ -321,6 +347,10 @@ def _plan(a: _Analysis, weights, options, producers, units):
     if weights is None:
         row["importance"] = "none (structural mode: the last channels go)"
         order = units[::-1]
+    elif grads is not None:
+        row["importance"] = "taylor"
+        score = _taylor(a, weights, grads, unit_set)
+        order = sorted(units, key=lambda u: score[u])
     else:
         score = {u: 0.0 for u in units}
         fallback = []
@@ -351,7 +381,7 @@ def _kept(n: int, amount: float, multiple: int) -> int:
 
 
 def _heads(
-    graph: Graph, weights: Weights | None, options: ChannelsOptions
+    graph: Graph, weights: Weights | None, options: ChannelsOptions, grads: Weights | None
 ) -> tuple[list[dict[str, Any]], bool]:
     """Remove the least important heads of the selected attention layers, in place (weights
     too); the report rows, and whether any head went."""
@@ -372,11 +402,11 @@ def _heads(
             row["importance"] = "none (structural mode: the last heads go)"
             order = list(range(n))[::-1]
         else:
-            kind = "l2" if options.importance == "l2" else "l1"
+            kind = "l1" if options.importance == "bn_scale" else options.importance
             row["importance"] = options.importance
             if options.importance == "bn_scale":
                 row["importance"] = "l1 (bn_scale: heads have no BatchNorm)"
-            scores = importance(weights, node, layout, kind)
+            scores = importance(weights, node, layout, kind, grads)
             order = sorted(range(n), key=scores.__getitem__)  # stable: ties in head order
         gone = {"heads": [], "kv_heads": []}
         if options.amount > 0:  # the same attrs for every instance of a block, pruned or not
@@ -414,6 +444,30 @@ def _importance(weights: Weights, producer: str, bn: str | None, kind: str) -> t
         return weights[f"{bn}.weight"].detach().abs().double()
     rows = weights[f"{producer}.weight"].detach().double().flatten(1)
     return rows.norm(dim=1) if kind == "l2" else rows.abs().sum(1)
+
+
+def _taylor(a: _Analysis, weights: Weights, grads: Weights, units: set[int]) -> dict[int, float]:
+    """Per unit root: the mean over batches of (sum of weight x gradient over the entries of
+    every output-side cut that follows the unit)^2. Buffers (running stats) have no gradient."""
+    per_batch: dict[int, torch.Tensor] = {}
+    for name, cuts in a.cuts.items():
+        for cut in cuts:
+            if not cut.out:
+                continue
+            for local in cut.locals:
+                key = f"{name}.{local}"
+                if key not in grads:
+                    continue
+                product = grads[key].double() * weights[key].detach().double()
+                product = product.movedim(cut.dim + 1, 1)
+                # [batches, channels]: entries of other dims, and each channel's block, summed
+                sums = product.reshape(*product.shape[:2], -1).sum(2)
+                sums = sums.unflatten(1, (-1, cut.site.block)).sum(2)
+                for i, c in enumerate(cut.site.chans):
+                    u = a.find(c)
+                    if u in units:
+                        per_batch[u] = per_batch.get(u, 0) + sums[:, i]
+    return {u: float(per_batch[u].square().mean()) if u in per_batch else 0.0 for u in units}
 
 
 def _slice(weights: Weights, node: Node, cut: _Cut, keep: list[int]) -> None:

@@ -55,8 +55,15 @@ class HeadLayout:
         return span(0, q) + span(k0, kv) + span(v0, kv), span(0, q)
 
 
-def importance(weights: Weights, node: Node, layout: HeadLayout, kind: str) -> list[float]:
-    """Per unit: the L1 norm (or L2 for `l2`) of its q/k/v rows and out columns together."""
+def importance(
+    weights: Weights, node: Node, layout: HeadLayout, kind: str, grads: Weights | None = None
+) -> list[float]:
+    """Per unit: the L1 norm (or L2 for `l2`) of its q/k/v rows and out columns together;
+    `taylor`: the mean over batches of (sum of weight x gradient over those entries and the
+    q/k/v bias rows)^2, `grads` holding each parameter's gradients as [batches, *shape]."""
+    if kind == "taylor":
+        assert grads is not None
+        return _taylor(weights, grads, node, layout)
     qkv = weights[f"{node.name}.qkv.weight"].detach().double()
     out = weights[f"{node.name}.out.weight"].detach().double()
     scores = []
@@ -67,6 +74,25 @@ def importance(weights: Weights, node: Node, layout: HeadLayout, kind: str) -> l
             scores.append(float(sum(p.square().sum() for p in parts)) ** 0.5)
         else:
             scores.append(float(sum(p.abs().sum() for p in parts)))
+    return scores
+
+
+def _taylor(weights: Weights, grads: Weights, node: Node, layout: HeadLayout) -> list[float]:
+    def product(local: str) -> torch.Tensor | None:
+        key = f"{node.name}.{local}"
+        if key not in grads:  # a layer without biases
+            return None
+        return grads[key].double() * weights[key].detach().double()  # [batches, *shape]
+
+    qkv_w, qkv_b, out_w = product("qkv.weight"), product("qkv.bias"), product("out.weight")
+    assert qkv_w is not None and out_w is not None
+    scores = []
+    for q, kv in layout.units():
+        rows, cols = layout.rows(q, kv)
+        per_batch = qkv_w[:, rows].flatten(1).sum(1) + out_w[:, :, cols].flatten(1).sum(1)
+        if qkv_b is not None:
+            per_batch = per_batch + qkv_b[:, rows].sum(1)
+        scores.append(float(per_batch.square().mean()))
     return scores
 
 

@@ -193,8 +193,9 @@ def _search(
             weights_opt.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if cfg.clip_grad:  # the weights' gradients only: the alphas have their own step
+                params = [p for group in weights_opt.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             weights_opt.step()
             schedule.step()
             total += loss.item()

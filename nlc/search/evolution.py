@@ -6,8 +6,9 @@ a whole architecture. Instead, `before_trial` decides the trial's whole point (a
 while fewer than `population` trials have completed, else a mutation of a tournament winner
 among the `population` most recently completed) and `sample_independent` answers every
 `suggest` from it. The state is the study's completed trials (from the storage) and each
-trial's seed (search seed and trial number), so a resumed study or several workers on one
-storage evolve the same way as one process.
+trial's seed (search seed and trial number), so a resumed study evolves the same way as one
+process; workers sharing a storage draw from the same rules, though which trials have completed
+when a worker proposes depends on timing.
 """
 
 from __future__ import annotations

@@ -37,10 +37,12 @@ def reference(study: optuna.Study, goals: Goals) -> Vector | None:
         return None
     points = [minimized(t.values, goals.directions) for t in complete]
     ref = [max(p[k] for p in points) for k in range(len(goals.objectives))]
-    for c in goals.constraints:
-        for k, m in enumerate(goals.objectives):
-            if c.metric == m and c.op in ("<=", "<"):
+    for c in goals.constraints:  # a bound on an objective is its worst acceptable value
+        for k, (m, direction) in enumerate(zip(goals.objectives, goals.directions, strict=True)):
+            if c.metric == m and direction == "minimize" and c.op in ("<=", "<"):
                 ref[k] = c.value
+            elif c.metric == m and direction == "maximize" and c.op in (">=", ">"):
+                ref[k] = -c.value
     return tuple(ref)
 
 

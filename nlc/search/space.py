@@ -205,6 +205,13 @@ class Space:
         _rebase(data, spec, Path(dest))
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
+    @property
+    def name(self) -> str:
+        """The package name every point shares: the pipeline's `name`, else the model's (no
+        choice may stand there), without building a point (some may be invalid)."""
+        names = [s.data.get("name") for s in self._sources if isinstance(s.data, dict)]
+        return next(str(n) for n in names if n is not None)
+
     def describe(self, point: Point) -> str:
         """`name=value` for each dim of the point, in dim order."""
         return ", ".join(f"{d.name}={point[d.name]!r}" for d in self.active(point))

@@ -10,6 +10,7 @@ short by a killed process is not done: its point is enqueued again and runs firs
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,12 +125,16 @@ def done(study: optuna.Study) -> int:
 
 def recover(study: optuna.Study) -> int:
     """Fail the trials a killed local run left running and enqueue their points again;
-    how many. Only for the default storage, which one `nlc search` at a time uses."""
+    how many. Only for sqlite storage, which one `nlc search` at a time uses (other
+    databases have heartbeats: a dead worker's trial fails and reruns by itself)."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    waiting = [t.system_attrs.get("fixed_params") for t in queued]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=True)
+        if t.params not in waiting:  # skip_if_exists would see the failed trial itself
+            study.enqueue_trial(t.params)
     return len(stale)
 
 
@@ -181,7 +186,19 @@ def work(setup: Setup, worker: int, log: Log | None) -> None:
         return evaluate(trial)
 
     progress = Progress(goals, log or (lambda line: None), settings.trials)
-    study.optimize(objective, callbacks=[budget, progress], catch=(Exception,))
+    # n_trials bounds a worker whose trials keep failing uncounted; the budget stops it first.
+    study.optimize(
+        objective, n_trials=settings.trials, callbacks=[budget, progress], catch=(Exception,)
+    )
+
+
+def _worker(setup: Setup, worker: int) -> None:
+    """A spawned worker process: a user error is one message and exit status 2."""
+    try:
+        work(setup, worker, print)
+    except NlcError as e:
+        print(e.render(), file=sys.stderr)
+        sys.exit(2)
 
 
 def run(setup: Setup, workers: int, log: Log) -> optuna.Study:
@@ -202,7 +219,7 @@ def run(setup: Setup, workers: int, log: Log) -> optuna.Study:
     study.set_user_attr("spec", str(Path(setup.spec).resolve()))
     study.set_user_attr("overrides", setup.overrides)
     study.set_user_attr("settings", setup.settings)
-    if setup.storage == default_storage(Path(setup.out)) and (n := recover(study)):
+    if setup.storage.startswith("sqlite:") and (n := recover(study)):
         log(f"{n} trial(s) cut short by an earlier run: running them again")
     before = done(study)
     if before:
@@ -217,11 +234,19 @@ def run(setup: Setup, workers: int, log: Log) -> optuna.Study:
         work(setup, 0, log)
     else:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=work, args=(setup, i, print)) for i in range(workers)]
+        processes = [context.Process(target=_worker, args=(setup, i)) for i in range(workers)]
         for p in processes:
             p.start()
         for p in processes:
             p.join()
+        failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode]
+        if failed:
+            raise NlcError(
+                "search worker(s) failed: "
+                + ", ".join(f"worker {i} exited with status {code}" for i, code in failed),
+                None,
+                "their errors are printed above; rerun the command to continue the study",
+            )
     return study
 
 
@@ -234,10 +259,8 @@ def make_setup(
 ) -> Setup:
     """The setup of `nlc search SPEC`: the study is named after the spec, its folder defaults
     to search/<name> and its storage to sqlite in that folder."""
-    import random
-
     space, _, _ = load(Setup(str(spec), overrides, settings, "", "", ""))
-    name = space.spec(space.sample(random.Random(0))).ast.name
+    name = space.name
     out = out or Path("search") / name
     return Setup(str(spec), overrides, settings, str(out), storage or default_storage(out), name)
 

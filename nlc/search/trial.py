@@ -41,13 +41,14 @@ class Evaluator:
     out: Path
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        point = self.space.suggest(trial)
-        folder = self.out / "trials" / str(trial.number)
-        if folder.exists():  # left by an interrupted trial of a deleted study
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
         try:
+            point = self.space.suggest(trial)
+            folder = self.out / "trials" / str(trial.number)
+            if folder.exists():  # left by an interrupted trial of a deleted study
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
             metrics = self.evaluate(trial, point, folder)
+            values = [metrics[m.name] for m in self.goals.objectives]
         except optuna.TrialPruned:
             raise
         except Exception as e:  # recorded on the trial, which fails; the search goes on
@@ -56,7 +57,6 @@ class Evaluator:
                 "error", message if isinstance(e, TrialError) else f"{type(e).__name__}: {message}"
             )
             raise
-        values = [metrics[m.name] for m in self.goals.objectives]
         return values[0] if len(values) == 1 else values
 
     def evaluate(self, trial: optuna.Trial, point: Point, folder: Path) -> dict[str, float]:
@@ -143,8 +143,9 @@ class Evaluator:
                     process.wait()
         curve.read(watched)
         if timed_out:
-            if not curve.last:
-                _infeasible(trial, f"no validation within the budget of {budget.seconds:g} s")
+            missing = self._missing(curve.last)
+            if missing:
+                _infeasible(trial, f"no {missing} within the budget of {budget.seconds:g} s")
             return curve.last
         if process.returncode:
             lines = (folder / "train.err").read_text(encoding="utf-8").strip().splitlines()
@@ -155,12 +156,15 @@ class Evaluator:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         final = {k: float(v) for k, v in (summary.get("final") or {}).items()}
         metrics = curve.last | final
-        missing = [
-            m.name for m in self.goals.objectives if m.kind == "val" and m.name not in metrics
-        ]
+        missing = self._missing(metrics)
         if missing:
-            raise TrialError(f"training logged no {', '.join(missing)}")
+            raise TrialError(f"training logged no {missing}")
         return metrics
+
+    def _missing(self, metrics: dict[str, float]) -> str:
+        """The validation objectives `metrics` lacks, comma-separated ('' when none)."""
+        wanted = [m.name for m in self.goals.objectives if m.kind == "val"]
+        return ", ".join(name for name in wanted if name not in metrics)
 
 
 class _Curve:
