@@ -1,9 +1,11 @@
-"""Batches of a spec's training data, read through a built package's own data module: what
-int8-static calibration and Taylor importance run on, so both see what training saw."""
+"""Batches of a spec's training data, read through a built package's own data module, and its
+task loss as train.py computes it: what int8-static calibration, Taylor importance and the
+DARTS supernet run on, so they see what training saw."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -35,3 +37,20 @@ def train_batches(
             for k in range(min(count, len(train_set)))
         ]
     return [(x, y) for x, y in batches], cfg, info
+
+
+def task_loss(
+    task: str, kind: str, label_smoothing: float = 0.0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The train section's loss of (outputs, targets): cross-entropy over the classes (per
+    token for lm and mlm), else `kind` (l1 or mse) on the targets' shape."""
+    import torch.nn.functional as F
+
+    if task in ("lm", "mlm"):
+        return lambda out, y: F.cross_entropy(
+            out.flatten(0, -2).float(), y.flatten(), label_smoothing=label_smoothing
+        )
+    if task == "classification":
+        return lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    distance = F.l1_loss if kind == "l1" else F.mse_loss
+    return lambda out, y: distance(out.reshape(y.shape).float(), y.float())

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import torch
 
     from nlc.frontend.load import Spec
-    from nlc.frontend.train_ast import TrainSpec
 
 BATCHES = 8  # Molchanov et al. average a few mini-batches; 8 of batch_size rank channels stably
 
@@ -31,7 +30,7 @@ def loss_gradients(spec: Spec, graph: Graph, weights: Weights, batches: int = BA
     deterministic. The spec must have a train section."""
     import torch
 
-    from nlc.emit.batches import train_batches
+    from nlc.emit.batches import task_loss, train_batches
     from nlc.emit.onnx import imported_package
     from nlc.emit.package import write_package
 
@@ -48,6 +47,7 @@ def loss_gradients(spec: Spec, graph: Graph, weights: Weights, batches: int = BA
     for p in params.values():
         p.requires_grad_(True)
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in params}
+    loss = task_loss(train.task, train.loss.kind)  # no smoothing: the loss Taylor estimates
     generator = torch.Generator().manual_seed(0)  # mlm: the same masks on every call
     for x, y in data:
         if train.task == "mlm":
@@ -55,18 +55,7 @@ def loss_gradients(spec: Spec, graph: Graph, weights: Weights, batches: int = BA
                 x, train.mask_rate, info["mask_id"], info["vocab_size"], generator
             )
         model.zero_grad(set_to_none=True)
-        _loss(train, model(x), y).backward()
+        loss(model(x), y).backward()
         for name, p in params.items():
             grads[name].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
     return {name: torch.stack(g) for name, g in grads.items()}
-
-
-def _loss(train: TrainSpec, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    if train.task in ("lm", "mlm"):
-        return F.cross_entropy(out.flatten(0, -2).float(), y.flatten())
-    if train.task == "classification":
-        return F.cross_entropy(out.float(), y)
-    out = out.reshape(y.shape).float()
-    return F.l1_loss(out, y.float()) if train.loss.kind == "l1" else F.mse_loss(out, y.float())

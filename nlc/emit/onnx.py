@@ -98,9 +98,13 @@ def symbol_limits(graph: Graph) -> dict[sympy.Symbol, int]:
     return limits
 
 
-def example_sizes(graph: Graph, limits: dict[sympy.Symbol, int]) -> list[dict[sympy.Symbol, int]]:
-    """Two different sizes for the symbolic dims, within `limits`: batch-like dims (first dim of
-    an input) take BATCH_SIZES, the others (sequence, ...) OTHER_SIZES."""
+def example_sizes(
+    graph: Graph, limits: dict[sympy.Symbol, int] | None = None
+) -> list[dict[sympy.Symbol, int]]:
+    """Two different sizes for the symbolic dims, within `limits` (default: the graph's
+    `symbol_limits`): batch-like dims (first dim of an input) take BATCH_SIZES, the others
+    (sequence, ...) OTHER_SIZES."""
+    limits = symbol_limits(graph) if limits is None else limits
     batch = {n.type.shape[0] for n in graph.inputs if n.type.shape}
     return [
         {

@@ -63,7 +63,6 @@ def rewrite_4bit(
         example_sizes,
         imported_package,
         seeded_model,
-        symbol_limits,
     )
 
     layers = [n for n in graph if n.op in FOUR_BIT_OPS]
@@ -87,7 +86,7 @@ def rewrite_4bit(
         quantized.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
         onnx.checker.check_model(quantized)
         onnx.save(quantized, str(path))
-        sizes = example_sizes(graph, symbol_limits(graph))
+        sizes = example_sizes(graph)
         checks = _verify(model, graph, path, sizes) if verify else None
     report: dict[str, Any] = {
         "layers": kernels,

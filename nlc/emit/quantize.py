@@ -55,12 +55,12 @@ def quantize_onnx(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
-    from nlc.emit.onnx import ONNX_FILE, example_sizes, symbol_limits
+    from nlc.emit.onnx import ONNX_FILE, example_sizes
 
     if mode not in MODES:
         raise NlcError(f"unknown quantization mode {mode!r}", None, f"choose {' or '.join(MODES)}")
     source, target = package_dir / ONNX_FILE, package_dir / QUANT_FILE
-    sizes = example_sizes(graph, symbol_limits(graph))
+    sizes = example_sizes(graph)
     report: dict[str, Any] = {"file": QUANT_FILE, "mode": mode, "op_types": OP_TYPES[mode]}
     # The quantizer logs advice to run quant_pre_process on the root logger (see the top).
     logging.disable(logging.WARNING)
@@ -282,6 +282,7 @@ def _verify_half(package_dir: Path, graph: Graph) -> dict[str, Any]:
         ONNX_FILE,
         SEED,
         example_inputs,
+        example_sizes,
         imported_package,
         output_error,
         seeded_model,
@@ -292,7 +293,7 @@ def _verify_half(package_dir: Path, graph: Graph) -> dict[str, Any]:
     checks, failures = [], []
     with imported_package(package_dir, graph.name) as package:
         model = seeded_model(package, package_dir)
-        for k, size in enumerate(example_sizes_of(graph)):
+        for k, size in enumerate(example_sizes(graph)):
             args = [_half(t) for t in example_inputs(graph, size, SEED + 1 + k)]
             with torch.no_grad():
                 want = model(*args)
@@ -326,12 +327,6 @@ def _verify_half(package_dir: Path, graph: Graph) -> dict[str, Any]:
     return {"tolerance": float(f"{tolerance:.3g}"), "checks": checks}
 
 
-def example_sizes_of(graph: Graph) -> list:
-    from nlc.emit.onnx import example_sizes, symbol_limits
-
-    return example_sizes(graph, symbol_limits(graph))
-
-
 def _half(t):
     return t.half() if t.is_floating_point() else t
 
@@ -350,14 +345,21 @@ def quantize_pytorch(package_dir: Path, graph: Graph, linears: list[str]) -> dic
 
     from nlc import __version__
     from nlc.calibrate.timing import best_of_rounds
-    from nlc.emit.onnx import SEED, example_inputs, imported_package, output_error, seeded_model
+    from nlc.emit.onnx import (
+        SEED,
+        example_inputs,
+        example_sizes,
+        imported_package,
+        output_error,
+        seeded_model,
+    )
     from nlc.emit.render import format_python, render
     from nlc.weights import WEIGHTS_FILE
 
     text = render("package/quantized.py.j2", name=graph.name, version=__version__, linears=linears)
     (package_dir / graph.name / PYTORCH_FILE).write_text(format_python(text, PYTORCH_FILE))
     weights = package_dir / WEIGHTS_FILE
-    sizes = example_sizes_of(graph)
+    sizes = example_sizes(graph)
     threads = torch.get_num_threads()
     with imported_package(package_dir, graph.name) as package, torch.random.fork_rng(devices=[]):
         fp32 = seeded_model(package, package_dir)

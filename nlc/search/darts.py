@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nlc.emit.batches import task_loss
 from nlc.errors import NlcError
 from nlc.frontend.search_ast import DartsSpec
 from nlc.search.space import Point, Space
@@ -169,7 +170,7 @@ def _search(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         weights_opt, script.lr_schedule(cfg.schedule, steps)
     )
-    loss_fn = _loss(cfg)
+    loss_fn = task_loss(cfg.task, cfg.loss.kind, cfg.loss.label_smoothing)
     say(
         f"darts: supernet of {len(net.choices)} op choice(s), "
         f"{sum(p.numel() for p in model.parameters()):,} parameters; "
@@ -253,14 +254,6 @@ def _loader(dataset: Any, batch_size: int, seed: int) -> torch.utils.data.DataLo
     return torch.utils.data.DataLoader(
         dataset, batch_size=size, shuffle=True, drop_last=True, generator=generator
     )
-
-
-def _loss(cfg: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if cfg.task == "classification":
-        return lambda out, y: F.cross_entropy(out, y, label_smoothing=cfg.loss.label_smoothing)
-    if cfg.loss.kind == "l1":
-        return lambda out, y: F.l1_loss(out.reshape(y.shape).float(), y)
-    return lambda out, y: F.mse_loss(out.reshape(y.shape).float(), y)
 
 
 @torch.no_grad()
