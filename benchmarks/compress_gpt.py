@@ -28,7 +28,6 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -51,18 +50,13 @@ FULL = {"B": 1, "T": 128}  # the training context: latency where the model is us
 Forward = Callable[[torch.Tensor], torch.Tensor]  # token ids [B, T] -> logits [B, T, V]
 
 
-def namespace(value):
-    if isinstance(value, dict):
-        return SimpleNamespace(**{k: namespace(v) for k, v in value.items()})
-    return [namespace(v) for v in value] if isinstance(value, list) else value
-
-
 def validation_set(run: Path):
     """The run's validation dataset, from its own generated data module."""
     config = json.loads((run / "config.json").read_text())
     with imported_package(run / "package", package_name(run)) as package:
         data = __import__(f"{package.__name__}.data", fromlist=["datasets"])
-        _, val, _ = data.datasets(namespace(config), SPEC.parent, run)
+        script = __import__(f"{package.__name__}.train", fromlist=["namespace"])
+        _, val, _ = data.datasets(script.namespace(config), SPEC.parent, run)
     return val
 
 
