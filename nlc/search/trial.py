@@ -60,8 +60,9 @@ class Evaluator:
         return values[0] if len(values) == 1 else values
 
     def evaluate(self, trial: optuna.Trial, point: Point, folder: Path) -> dict[str, float]:
-        from nlc.api import compress
+        from nlc.api import compress, write_build
         from nlc.frontend import lower
+        from nlc.train.run import PACKAGE, prepare_run
 
         (folder / "spec.yaml").write_text(self.space.yaml(point, folder), encoding="utf-8")
         try:
@@ -80,20 +81,21 @@ class Evaluator:
         if broken:
             _infeasible(trial, "violates " + "; ".join(broken))
         seed = self.settings.seed + trial.number
+        if self.goals.trains:  # checks the data and builds the package, once for both uses
+            prepare_run(spec, graph, folder)
+        elif self.goals.proxies:
+            write_build(spec, graph, folder / PACKAGE, onnx=False)
         if self.goals.proxies:
-            metrics |= self._proxies(spec, graph, folder, seed)
+            metrics |= self._proxies(spec, graph, folder / PACKAGE, seed)
         if self.goals.trains:
             metrics |= self._train(trial, spec, graph, folder, seed)
         _write(folder / "metrics.json", metrics)
         trial.set_user_attr("metrics", metrics)
         return metrics
 
-    def _proxies(self, spec: Any, graph: Any, folder: Path, seed: int) -> dict[str, float]:
-        from nlc.api import write_build
+    def _proxies(self, spec: Any, graph: Any, package: Path, seed: int) -> dict[str, float]:
         from nlc.search.proxies import run_proxies
 
-        package = folder / "package"
-        write_build(spec, graph, package, onnx=False)
         node = graph.inputs[0]
         shape = [d if isinstance(d, int) else 1 for d in node.type.shape[1:]]
         try:
@@ -106,9 +108,8 @@ class Evaluator:
     ) -> dict[str, float]:
         """Train with the budget; report the first objective's curve to the pruner (single
         objective only: Optuna prunes single-objective studies); the final val metrics."""
-        from nlc.train.run import PACKAGE, prepare_run, train_command
+        from nlc.train.run import PACKAGE, train_command
 
-        prepare_run(spec, graph, folder)
         budget = self.settings.budget
         sets = [f"seed={seed}"]
         if budget.steps:
